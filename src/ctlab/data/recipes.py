@@ -1,0 +1,157 @@
+"""Recipes: which cleaning stages run, in which order, with which thresholds.
+
+A recipe is one dataclass of per-stage configs; the stage order is fixed (normalise →
+URL → language → MAP-CC rules → MAP-CC repetition → repetition → quality → PII → similar
+lines → dedup) and each stage can be switched off. Two are built in:
+
+- ``mapcc``: CT-LLM's MAP-CC rules (with the upstream bugs fixed), MinHash on character
+  13-grams with 9 bands × 13 rows as CT-LLM used;
+- ``fineweb2-zh``: FineWeb-2's Mandarin (cmn_Hani) thresholds over jieba words, MinHash on
+  character 5-grams with 14 bands × 8 rows.
+
+A user recipe is YAML: ``base:`` names a built-in recipe, every other key overrides a field::
+
+    base: mapcc
+    language: {min_zh_score: 0.6}
+    dedup: {bands: 20, rows: 5}
+    pii: {enabled: false}
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, get_type_hints
+
+import yaml
+
+from ctlab.data.dedup import DedupConfig
+from ctlab.data.filters.language import LanguageConfig
+from ctlab.data.filters.mapcc import MapCCRepetitionConfig, MapCCRulesConfig
+from ctlab.data.filters.quality import QualityConfig
+from ctlab.data.filters.repetition import RepetitionConfig
+from ctlab.data.filters.url import UrlConfig
+from ctlab.data.normalize import NormalizeConfig, PIIConfig
+
+
+class RecipeError(ValueError):
+    """An unknown recipe name or an invalid recipe file."""
+
+
+@dataclass
+class Recipe:
+    name: str = "custom"
+    description: str = ""
+    normalize: NormalizeConfig = field(default_factory=NormalizeConfig)
+    url: UrlConfig = field(default_factory=UrlConfig)
+    language: LanguageConfig = field(default_factory=LanguageConfig)
+    mapcc_rules: MapCCRulesConfig = field(default_factory=MapCCRulesConfig)
+    mapcc_repetition: MapCCRepetitionConfig = field(default_factory=MapCCRepetitionConfig)
+    repetition: RepetitionConfig = field(default_factory=RepetitionConfig)
+    quality: QualityConfig = field(default_factory=QualityConfig)
+    pii: PIIConfig = field(default_factory=PIIConfig)
+    dedup: DedupConfig = field(default_factory=DedupConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _mapcc() -> Recipe:
+    return Recipe(
+        name="mapcc",
+        description="CT-LLM's MAP-CC cleaning rules (upstream bugs fixed), MinHash 13-grams 9x13",
+        language=LanguageConfig(min_zh_score=0.4),
+        repetition=RepetitionConfig(enabled=False),
+        quality=QualityConfig(enabled=False),
+        dedup=DedupConfig(ngram=13, bands=9, rows=13),
+    )
+
+
+def _fineweb2_zh() -> Recipe:
+    return Recipe(
+        name="fineweb2-zh",
+        description="FineWeb-2 Mandarin (cmn_Hani) thresholds on jieba words, MinHash 5-grams 14x8",
+        normalize=NormalizeConfig(max_bracket_ratio=None, punctuation_to_halfwidth=False, strip_links=False),
+        language=LanguageConfig(min_zh_score=0.692),
+        mapcc_rules=MapCCRulesConfig(enabled=False),
+        mapcc_repetition=MapCCRepetitionConfig(enabled=False),
+        dedup=DedupConfig(ngram=5, bands=14, rows=8),
+    )
+
+
+BUILTIN = {"mapcc": _mapcc, "fineweb2-zh": _fineweb2_zh}
+
+
+def _apply(obj: Any, overrides: dict, where: str) -> Any:
+    """A copy of dataclass ``obj`` with ``overrides`` applied, checking names and types."""
+    if not isinstance(overrides, dict):
+        raise RecipeError(f"{where}: expected a mapping, got {type(overrides).__name__}")
+    hints = get_type_hints(type(obj))
+    names = {f.name for f in dataclasses.fields(obj)}
+    changes = {}
+    for key, value in overrides.items():
+        if key not in names:
+            raise RecipeError(f"{where}: unknown field {key!r} (known: {', '.join(sorted(names))})")
+        current = getattr(obj, key)
+        if dataclasses.is_dataclass(current):
+            changes[key] = _apply(current, value, f"{where}.{key}")
+        else:
+            changes[key] = _check_value(value, hints[key], f"{where}.{key}")
+    return dataclasses.replace(obj, **changes)
+
+
+def _check_value(value: Any, hint: Any, where: str) -> Any:
+    text = str(hint)
+    allowed: list[type] = []
+    for name, kind in (("bool", bool), ("int", int), ("float", float), ("str", str), ("list", list), ("dict", dict)):
+        if name in text:
+            allowed.append(kind)
+    if value is None and ("None" in text or "Optional" in text):
+        return None
+    if isinstance(value, bool) and bool not in allowed:
+        raise RecipeError(f"{where}: expected {text}, got {value!r}")
+    if isinstance(value, int) and not isinstance(value, bool) and float in allowed and int not in allowed:
+        return float(value)
+    if not any(isinstance(value, kind) for kind in allowed):
+        raise RecipeError(f"{where}: expected {text}, got {value!r}")
+    return value
+
+
+def load_recipe(spec: str) -> Recipe:
+    """A built-in recipe by name, or a YAML file (see the module docstring)."""
+    if spec in BUILTIN:
+        return BUILTIN[spec]()
+    path = Path(spec)
+    if not (spec.endswith((".yaml", ".yml")) or path.exists()):
+        raise RecipeError(f"unknown recipe {spec!r} (built-in: {', '.join(BUILTIN)}; or a .yaml file)")
+    if not path.is_file():
+        raise RecipeError(f"recipe file not found: {spec}")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as err:
+        raise RecipeError(f"{spec}: not valid YAML ({str(err).splitlines()[0]})") from err
+    if not isinstance(data, dict):
+        raise RecipeError(f"{spec}: a recipe file is a mapping of stage names to settings")
+    data = copy.deepcopy(data)
+    base = data.pop("base", "mapcc")
+    if base not in BUILTIN:
+        raise RecipeError(f"{spec}: unknown base recipe {base!r} (built-in: {', '.join(BUILTIN)})")
+    data.setdefault("name", path.stem)
+    return _apply(BUILTIN[base](), data, path.name)
+
+
+def describe(recipe: Recipe) -> list[tuple[str, str]]:
+    """(stage, settings) rows for ``ctlab data recipes``: enabled stages and their thresholds."""
+    rows = []
+    for f in dataclasses.fields(recipe):
+        config = getattr(recipe, f.name)
+        if not dataclasses.is_dataclass(config):
+            continue
+        settings = dataclasses.asdict(config)
+        if not settings.pop("enabled", True):
+            rows.append((f.name, "off"))
+            continue
+        rows.append((f.name, ", ".join(f"{k}={v}" for k, v in settings.items())))
+    return rows

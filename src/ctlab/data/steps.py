@@ -1,0 +1,99 @@
+"""The shape every cleaning stage shares: a datatrove filter that may also edit the text,
+keeps per-stage accounting (documents and characters in and out, drops by reason) and
+writes every dropped document to ``rejects/<stage>/`` with its stage and reason.
+
+Also the two writers of a run: rejects, and atomic JSONL output (a file appears under its
+final name only once complete, so a killed task never leaves a half-written output).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+from abc import abstractmethod
+
+from datatrove.data import Document, DocumentsPipeline
+from datatrove.pipeline.filters.base_filter import BaseFilter, get_filter_result
+from datatrove.pipeline.writers.jsonl import JsonlWriter
+
+TMP_PREFIX = ".tmp."
+
+
+class AtomicJsonlWriter(JsonlWriter):
+    """datatrove's gzip JSONL writer, but each file is written as ``.tmp.<name>`` and renamed when closed."""
+
+    name = "write"
+
+    def __init__(self, output_folder, adapter=None):
+        super().__init__(output_folder, output_filename=TMP_PREFIX + "${rank}.jsonl.gz", adapter=adapter)
+
+    def close(self):
+        names = list(self.output_mg.get_open_files())
+        super().close()
+        for name in names:
+            final = name.replace(TMP_PREFIX, "", 1)
+            self.output_folder.mv(name, final)
+
+
+def _reject_adapter(self, document: Document) -> dict:
+    metadata = dict(document.metadata)
+    return {
+        "id": document.id,
+        "stage": metadata.pop("stage", self.stage),
+        "reason": metadata.pop("reason", None),
+        "text": document.text,
+        "metadata": metadata,
+    }
+
+
+class RejectsWriter(AtomicJsonlWriter):
+    """Writes dropped documents as ``{id, stage, reason, text, metadata}`` under ``rejects/<stage>/``."""
+
+    name = "rejects"
+
+    def __init__(self, rejects_folder: str, stage: str):
+        super().__init__(f"{rejects_folder}/{stage}", adapter=_reject_adapter)
+        self.stage = stage
+
+
+def doc_as_dict(document: Document) -> dict:
+    """The clean-output record of a document: ``text``, ``id`` and ``metadata``."""
+    return {k: v for k, v in dataclasses.asdict(document).items() if k in ("text", "id", "metadata")}
+
+
+class CleaningStep(BaseFilter):
+    """A stage of a recipe. Subclasses implement :meth:`process`.
+
+    Stats recorded per task (summed into ``stats.json``): ``docs_in``, ``docs_out``,
+    ``chars_in``, ``chars_out`` and ``dropped/<reason>``.
+    """
+
+    type = "🧹 - CLEAN"
+
+    def __init__(self, rejects_folder: str | None = None):
+        super().__init__(exclusion_writer=RejectsWriter(rejects_folder, self.name) if rejects_folder else None)
+
+    @abstractmethod
+    def process(self, doc: Document) -> bool | tuple[bool, str]:
+        """Keep (True) or drop (False, reason) ``doc``; may rewrite ``doc.text`` in place."""
+
+    def filter(self, doc: Document) -> bool | tuple[bool, str]:
+        return self.process(doc)
+
+    def run(self, data: DocumentsPipeline, rank: int = 0, world_size: int = 1) -> DocumentsPipeline:
+        with self.exclusion_writer if self.exclusion_writer else contextlib.nullcontext() as rejects:
+            for doc in data:
+                self.stat_update("docs_in")
+                self.stat_update("chars_in", value=len(doc.text))
+                with self.track_time():
+                    keep, reason = get_filter_result(self.process(doc))
+                if keep:
+                    self.stat_update("docs_out")
+                    self.stat_update("chars_out", value=len(doc.text))
+                    yield doc
+                    continue
+                reason = reason or "dropped"
+                self.stat_update(f"dropped/{reason}")
+                if rejects:
+                    doc.metadata["reason"] = reason
+                    rejects.write(doc, rank)
