@@ -93,7 +93,8 @@ def build_phases(recipe: Recipe, files: list[str], out: str, tasks: int, input_f
     dedup = recipe.dedup
     if not dedup.across_documents:
         return [("filter", [*filtering, _clean_writer(out)], tasks), ("stats", [RunStats(out)], 1)]
-    filtering += [AtomicJsonlWriter(f"{work}/filtered"), DedupSignature(work, dedup)]
+    # the intermediate shards are read back once: not worth compressing
+    filtering += [AtomicJsonlWriter(f"{work}/filtered", compression=None), DedupSignature(work, dedup)]
     phases = [("filter", filtering, tasks)]
     if dedup.minhash:
         buckets = MinhashDedupBuckets(f"{work}/minhash", f"{work}/dups", config=dedup.minhash_config())

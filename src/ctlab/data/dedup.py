@@ -42,7 +42,7 @@ from datatrove.utils.hashing import HashConfig
 from rapidfuzz.distance import Levenshtein
 
 from ctlab.data.steps import CleaningStep, RejectsWriter
-from ctlab.data.textstats import codepoints, ngram_hashes
+from ctlab.data.textstats import codepoints, ngram_hashes, remember_last
 
 
 @dataclass
@@ -74,6 +74,7 @@ class DedupConfig:
 _NOT_CONTENT_RE = re.compile(r"[\s\W_]+")
 
 
+@remember_last
 def dedup_key(text: str) -> str:
     """The text duplicates are judged on: lower-cased, without whitespace, punctuation or symbols."""
     return _NOT_CONTENT_RE.sub("", text.lower())
@@ -231,13 +232,13 @@ class DedupFilter(PipelineStep):
 
     def run(self, data: DocumentsPipeline = None, rank: int = 0, world_size: int = 1) -> DocumentsPipeline:
         folder = get_datafolder(self.filtered_folder)
-        name = f"{rank:05d}.jsonl.gz"
+        name = f"{rank:05d}.jsonl"
         if not folder.exists(name):
             return
         removals = self._removals(rank)
         with (
             self.rejects if self.rejects else contextlib.nullcontext() as rejects,
-            folder.open(name, "rb", compression="gzip") as f,
+            folder.open(name, "rb") as f,
         ):
             for index, line in enumerate(f):
                 doc = Document(**orjson.loads(line))

@@ -11,7 +11,7 @@ manifest, so a recipe's junk removal can be measured:
 ``repetitive_spam``  one advertising line repeated;
 ``numeric_table``    rows of stock figures;
 ``non_chinese``      English prose (from a dependency's README);
-``blocklisted_url``  a real article served from a blocklisted domain;
+``blocklisted_url``  a real newspaper article served from a blocklisted domain;
 ``too_short``        a title-only page.
 
 Nothing here copies text into the repository: it is read from the installed packages.
@@ -122,6 +122,8 @@ def web_pages(n_articles: int | None = None, junk_per_kind: int = 40, seed: int 
         articles = articles[:n_articles]
     pages = [WebPage(f"inews-{i}", f"http://news.example.cn/{i}.html", t, x) for i, (t, x) in enumerate(articles)]
     english = english_paragraphs()
+    # blocklisted pages carry newspaper text found nowhere else in the input, so dedup cannot remove them
+    unseen = peoples_daily_articles()[-junk_per_kind:]
     junk: list[WebPage] = []
     for k in range(junk_per_kind):
         src = rng.choice(pages)
@@ -155,7 +157,7 @@ def web_pages(n_articles: int | None = None, junk_per_kind: int = 40, seed: int 
         junk.append(WebPage(f"junk-en-{k}", f"http://blog.example.com/{k}.html", "tqdm", english_text, "non_chinese"))
         src = rng.choice(pages)
         junk.append(
-            WebPage(f"junk-blocked-{k}", f"http://www.{BLOCKLISTED_DOMAIN}/{k}", src.title, src.text, "blocklisted_url")
+            WebPage(f"junk-blocked-{k}", f"http://www.{BLOCKLISTED_DOMAIN}/{k}", "新闻", unseen[k], "blocklisted_url")
         )
         junk.append(WebPage(f"junk-short-{k}", f"http://short.example.cn/{k}.html", src.title, src.title, "too_short"))
     everything = pages + junk
@@ -221,7 +223,7 @@ def build_demo_input(folder: str, n_articles: int | None = 2000, junk_per_kind: 
     pages = list(web_pages(n_articles, junk_per_kind, seed))
     write_warc(pages, os.path.join(folder, "web.warc.gz"))
     daily = peoples_daily_articles()
-    limit = len(daily) if n_articles is None else max(n_articles // 4, 1)
+    limit = len(daily) - junk_per_kind if n_articles is None else max(n_articles // 4, 1)
     write_jsonl([{"text": t} for t in daily[:limit]], os.path.join(folder, "peoples_daily.jsonl.gz"))
     good = json.dumps({"id": "ok-1", "text": pages[0].text}, ensure_ascii=False).encode()
     broken = [

@@ -47,7 +47,9 @@ PUNCTUATION_TO_HALFWIDTH = str.maketrans(
     }
 )
 
-LINK_RE = re.compile(r"(?:https?://|ftp://|www\.)[^\s\u3000-\u303f\uff00-\uffef\u4e00-\u9fff<>\"']+", re.IGNORECASE)
+_URL_CHARS = "\\s<>\"'\u3000-\u303f\uff00-\uffef\u4e00-\u9fff"  # characters a link stops at
+# a link does not end in sentence punctuation: "见www.a.cn/x." keeps its final "."
+LINK_RE = re.compile(rf"(?:https?://|ftp://|www\.)(?:[^{_URL_CHARS}]*[^{_URL_CHARS}.,;:!?)\]])?", re.I)
 BRACKETED_RE = re.compile(r"【[^【】]*】")
 
 
@@ -62,7 +64,7 @@ class NormalizeConfig:
 
 
 class Normalize(CleaningStep):
-    """NFKC → 【…】 ratio → punctuation → OpenCC → links. Drops only for the bracket rule."""
+    """NFKC → 【…】 ratio → links → punctuation → OpenCC. Drops for the bracket rule and for empty results."""
 
     name = "normalize"
 
@@ -80,6 +82,8 @@ class Normalize(CleaningStep):
             bracketed = sum(len(m) for m in BRACKETED_RE.findall(text))
             if bracketed / len(text) > cfg.max_bracket_ratio:
                 return False, "bracket_ratio"
+        if cfg.strip_links:  # before punctuation mapping, so a link does not swallow the 。 after it
+            text = LINK_RE.sub("", text)
         if cfg.punctuation_to_halfwidth:
             text = text.translate(PUNCTUATION_TO_HALFWIDTH)
         if cfg.traditional_to_simplified:
@@ -88,8 +92,6 @@ class Normalize(CleaningStep):
 
                 self._opencc = opencc.OpenCC("t2s")
             text = self._opencc.convert(text)
-        if cfg.strip_links:
-            text = LINK_RE.sub("", text)
         doc.text = text
         if not text.strip():
             return False, "empty_after_normalize"

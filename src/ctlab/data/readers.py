@@ -18,7 +18,7 @@ import contextlib
 import gzip
 import io
 import os
-import unicodedata
+import re
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -72,10 +72,71 @@ def _open_decompressed(raw: io.BufferedReader) -> tuple[io.BufferedIOBase, str]:
     if head[:2] == _GZIP_MAGIC:
         return gzip.GzipFile(fileobj=raw), "gzip"
     if head == _ZSTD_MAGIC:
+        return io.BufferedReader(_ZstdFrames(raw), 1 << 16), "zstd"
+    return raw, ""
+
+
+class _ZstdFrames(io.RawIOBase):
+    """The zstd frames of ``raw`` decompressed one after another.
+
+    Raises ``zstandard.ZstdError`` when ``raw`` ends inside a frame: zstandard's own
+    ``stream_reader`` ends silently there, so a truncated file would lose its tail unreported.
+    """
+
+    def __init__(self, raw):
         import zstandard
 
-        return io.BufferedReader(zstandard.ZstdDecompressor().stream_reader(raw, read_across_frames=True)), "zstd"
-    return raw, ""
+        self._raw = raw
+        self._dctx = zstandard.ZstdDecompressor()
+        self._frame = None  # decompressor of the frame being read; None between frames
+        self._pending = memoryview(b"")
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        import zstandard
+
+        while not self._pending:
+            chunk = self._raw.read(1 << 17)
+            if not chunk:
+                if self._frame is not None:
+                    raise zstandard.ZstdError("zstd stream ends inside a frame (truncated)")
+                return 0
+            out = []
+            while chunk:
+                if self._frame is None:
+                    self._frame = self._dctx.decompressobj()
+                out.append(self._frame.decompress(chunk))
+                chunk = b""
+                if self._frame.eof:
+                    chunk, self._frame = self._frame.unused_data, None
+            self._pending = memoryview(b"".join(out))
+        n = min(len(buffer), len(self._pending))
+        buffer[:n] = self._pending[:n]
+        self._pending = self._pending[n:]
+        return n
+
+
+class _EOFErrorAsOSError:
+    """``stream`` with EOFError (a truncated compressed stream) raised as OSError.
+
+    warcio takes an EOFError from its input for the end of the archive, which would end a
+    truncated ``.warc.gz`` silently instead of with a ``corrupt_gzip`` record. Reads return
+    what is decompressed so far (``read1``), so the records before the damage are kept.
+    """
+
+    def __init__(self, stream):
+        self._stream = stream
+        self.bytes_read = 0
+
+    def read(self, size: int = -1) -> bytes:
+        try:
+            data = self._stream.read1(size) if hasattr(self._stream, "read1") else self._stream.read(size)
+        except EOFError as err:
+            raise OSError(f"EOFError: {err}") from err
+        self.bytes_read += len(data)
+        return data
 
 
 def sniff_format(path: str) -> str | None:
@@ -102,13 +163,16 @@ def sniff_format(path: str) -> str | None:
     return None
 
 
+# control characters (Unicode category Cc) except tab and line breaks, and the replacement character
+_NOT_TEXT_RE = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\ufffd]")
+
+
 def is_binary(text: str) -> bool:
     """True for text that is really binary data: a NUL, or more than 10% control/replacement characters."""
     if "\x00" in text:
         return True
     sample = text[:4096]
-    bad = sum(1 for ch in sample if ch == "\ufffd" or (unicodedata.category(ch) == "Cc" and ch not in "\t\n\r"))
-    return bad > 0.1 * len(sample)
+    return len(_NOT_TEXT_RE.findall(sample)) > 0.1 * len(sample)
 
 
 class CorpusReader(BaseReader):
@@ -181,14 +245,31 @@ class CorpusReader(BaseReader):
         import trafilatura
         from warcio.archiveiterator import ArchiveIterator
 
-        for record in ArchiveIterator(stream, arc2warc=True):
-            if record.rec_type != "response":
-                continue
-            record_id = record.rec_headers.get_header("WARC-Record-ID") or f"{path}:{record.rec_headers}"
+        source = _EOFErrorAsOSError(stream)
+        records = ArchiveIterator(source, arc2warc=True)
+        complete = 0
+        while True:
+            try:
+                record = next(records, None)
+            except AttributeError as err:  # warcio, on a header block cut before WARC-Target-URI
+                yield BadRecord("truncated_warc", path, f"record headers cut short ({err})")
+                return
+            if record is None:
+                # warcio also ends quietly on a record whose headers are cut short: the line it
+                # read ahead of it, or data without any record, tell that from the end of the file
+                if getattr(records, "next_line", None) or (complete == 0 and source.bytes_read):
+                    yield BadRecord("truncated_warc", path, "the last record's headers are cut short")
+                return
+            complete += 1
+            record_id = record.rec_headers.get_header("WARC-Record-ID") or f"{path}:{complete - 1}"
             url = record.rec_headers.get_header("WARC-Target-URI")
             payload = record.content_stream().read()
-            if record.raw_stream.limit > 0:
-                yield BadRecord("truncated_warc", record_id, f"record ends {record.raw_stream.limit} bytes early")
+            missing = getattr(record.raw_stream, "limit", None)  # None: no Content-Length, headers cut short
+            if missing is None or missing > 0 or not record.rec_headers.get_header("Content-Length"):
+                detail = f"record ends {missing} bytes early" if missing else "record headers cut short"
+                yield BadRecord("truncated_warc", record_id, detail)
+                continue
+            if record.rec_type != "response":
                 continue
             content_type = record.http_headers.get_header("Content-Type", "") if record.http_headers else ""
             if content_type and "html" not in content_type.lower():

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 from abc import abstractmethod
+from collections import Counter
 
 from datatrove.data import Document, DocumentsPipeline
 from datatrove.pipeline.filters.base_filter import BaseFilter, get_filter_result
@@ -20,12 +21,14 @@ TMP_PREFIX = ".tmp."
 
 
 class AtomicJsonlWriter(JsonlWriter):
-    """datatrove's gzip JSONL writer, but each file is written as ``.tmp.<name>`` and renamed when closed."""
+    """datatrove's JSONL writer (gzip unless ``compression=None``), but each file is written as
+    ``.tmp.<name>`` and renamed when closed."""
 
     name = "write"
 
-    def __init__(self, output_folder, adapter=None):
-        super().__init__(output_folder, output_filename=TMP_PREFIX + "${rank}.jsonl.gz", adapter=adapter)
+    def __init__(self, output_folder, adapter=None, compression: str | None = "gzip"):
+        name = TMP_PREFIX + "${rank}.jsonl" + (".gz" if compression else "")
+        super().__init__(output_folder, output_filename=name, adapter=adapter, compression=compression)
 
     def close(self):
         names = list(self.output_mg.get_open_files())
@@ -81,19 +84,25 @@ class CleaningStep(BaseFilter):
         return self.process(doc)
 
     def run(self, data: DocumentsPipeline, rank: int = 0, world_size: int = 1) -> DocumentsPipeline:
-        with self.exclusion_writer if self.exclusion_writer else contextlib.nullcontext() as rejects:
-            for doc in data:
-                self.stat_update("docs_in")
-                self.stat_update("chars_in", value=len(doc.text))
-                with self.track_time():
-                    keep, reason = get_filter_result(self.process(doc))
-                if keep:
-                    self.stat_update("docs_out")
-                    self.stat_update("chars_out", value=len(doc.text))
-                    yield doc
-                    continue
-                reason = reason or "dropped"
-                self.stat_update(f"dropped/{reason}")
-                if rejects:
-                    doc.metadata["reason"] = reason
-                    rejects.write(doc, rank)
+        # summed here and reported once: per-document stat updates cost more than some stages
+        counts = Counter(dict.fromkeys(("docs_in", "docs_out", "chars_in", "chars_out"), 0))
+        try:
+            with self.exclusion_writer if self.exclusion_writer else contextlib.nullcontext() as rejects:
+                for doc in data:
+                    counts["docs_in"] += 1
+                    counts["chars_in"] += len(doc.text)
+                    with self.track_time():
+                        keep, reason = get_filter_result(self.process(doc))
+                    if keep:
+                        counts["docs_out"] += 1
+                        counts["chars_out"] += len(doc.text)
+                        yield doc
+                        continue
+                    reason = reason or "dropped"
+                    counts[f"dropped/{reason}"] += 1
+                    if rejects:
+                        doc.metadata["reason"] = reason
+                        rejects.write(doc, rank)
+        finally:
+            for key, value in counts.items():
+                self.stat_update(key, value=value, unit="task")

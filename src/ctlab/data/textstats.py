@@ -10,6 +10,7 @@ Fractions count *positions*: a character covered by several duplicated n-grams c
 
 from __future__ import annotations
 
+from collections import Counter
 from functools import lru_cache
 
 import numpy as np
@@ -19,7 +20,7 @@ _BASE = np.uint64(0x100000001B3)
 
 def codepoints(text: str) -> np.ndarray:
     """Unicode code points of ``text``: uint64 array of shape (len(text),)."""
-    return np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32).astype(np.uint64)
+    return np.frombuffer(text.encode("utf-32-le", "surrogatepass"), dtype=np.uint32).astype(np.uint64)
 
 
 def ngram_hashes(units: np.ndarray, n: int) -> np.ndarray:
@@ -84,13 +85,15 @@ def duplicate_ngram_fraction(units: np.ndarray, n: int, lengths: np.ndarray | No
     return float(lengths[_covered(starts, n, lengths)].sum()) / total
 
 
+def entropy(counts, total: int) -> float:
+    """Shannon entropy (natural log) of a distribution given as counts summing to ``total``."""
+    p = np.fromiter(counts, dtype=np.float64) / total
+    return float(-(p * np.log(p)).sum())
+
+
 def char_entropy(text: str) -> float:
     """Shannon entropy (natural log) of the character unigram distribution of ``text``."""
-    if not text:
-        return 0.0
-    _, counts = np.unique(codepoints(text), return_counts=True)
-    p = counts / counts.sum()
-    return float(-(p * np.log(p)).sum())
+    return entropy(Counter(text).values(), len(text)) if text else 0.0
 
 
 @lru_cache(maxsize=1)
@@ -100,18 +103,22 @@ def _segmenter():
     return rjieba
 
 
-_last_words: tuple[str, list[str]] = ("", [])
+def remember_last(function):
+    """Cache the result for the last argument (by identity): consecutive stages ask about the same text."""
+    last: list = [None, None]
+
+    def cached(text: str):
+        if last[0] is not text:
+            last[0], last[1] = text, function(text)
+        return last[1]
+
+    cached.__doc__ = function.__doc__
+    cached.__name__ = function.__name__
+    return cached
 
 
+@remember_last
 def zh_words(text: str) -> list[str]:
     """Words of ``text`` by jieba (jieba-rs, the Rust port with jieba's dictionary and HMM),
-    stripped, without whitespace tokens: what datatrove's cmn_Hani word tokenizer yields.
-
-    The last result is kept, since consecutive stages segment the same text.
-    """
-    global _last_words
-    if _last_words[0] is text:
-        return _last_words[1]
-    words = [w for w in (token.strip() for token in _segmenter().cut(text)) if w]
-    _last_words = (text, words)
-    return words
+    stripped, without whitespace tokens: what datatrove's cmn_Hani word tokenizer yields."""
+    return [w for w in map(str.strip, _segmenter().cut(text)) if w]

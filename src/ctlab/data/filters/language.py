@@ -1,7 +1,10 @@
 """Keep Chinese documents: an offline language identifier plus a Han-character ratio.
 
 langid.py ships its model inside the package (no download at run time) and gives a
-normalised probability per language. A document stays when its top label is ``zh`` with
+normalised probability per language. Its features are extracted by langid itself; the
+naive-Bayes product is taken over the document's non-zero features only, which gives
+langid's result (``classify`` with ``norm_probs``) without its dense product over all
+7,480 features, the larger part of its cost. A document stays when its top label is ``zh`` with
 probability at least ``min_zh_score`` *and* Han characters make up at least
 ``min_han_ratio`` of its non-space characters (the identifier alone lets through pages of
 English or numbers with a Chinese title).
@@ -12,6 +15,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+import numpy as np
 from datatrove.data import Document
 
 from ctlab.data.steps import CleaningStep
@@ -31,7 +35,7 @@ class LanguageConfig:
     enabled: bool = True
     min_zh_score: float = 0.4
     min_han_ratio: float = 0.3
-    chars_checked: int = 2000  # the identifier reads this many leading characters
+    chars_checked: int = 600  # the identifier reads this many leading characters
 
 
 class ChineseLanguageFilter(CleaningStep):
@@ -50,8 +54,13 @@ class ChineseLanguageFilter(CleaningStep):
             from langid.langid import LanguageIdentifier, model
 
             self._identifier = LanguageIdentifier.from_modelstring(model, norm_probs=True)
-        label, score = self._identifier.classify(text[: self.config.chars_checked])
-        return label, float(score)
+        identifier = self._identifier
+        features = identifier.instance2fv(text[: self.config.chars_checked])  # (7480,) counts
+        present = np.flatnonzero(features)
+        log_probs = features[present] @ identifier.nb_ptc[present] + identifier.nb_pc  # (97,)
+        probs = np.exp(log_probs - log_probs.max())
+        best = int(np.argmax(probs))
+        return identifier.nb_classes[best], float(probs[best] / probs.sum())
 
     def process(self, doc: Document) -> bool | tuple[bool, str]:
         if han_ratio(doc.text) < self.config.min_han_ratio:

@@ -11,12 +11,13 @@ Each rule drops with its own reason, so ``stats.json`` shows which rule removed 
 from __future__ import annotations
 
 import re
+from collections import Counter
 from dataclasses import dataclass, field
 
 from datatrove.data import Document
 
 from ctlab.data.steps import CleaningStep
-from ctlab.data.textstats import char_entropy, codepoints, duplicate_ngram_fraction, top_ngram_fraction, zh_words
+from ctlab.data.textstats import codepoints, duplicate_ngram_fraction, entropy, top_ngram_fraction, zh_words
 
 # sentence ends and punctuation, in both widths (MAP-CC maps full-width to half-width first,
 # but a recipe may switch that off)
@@ -72,9 +73,11 @@ class MapCCRules(CleaningStep):
             return False, "hash_ratio"
         if len(ELLIPSIS_RE.findall(text)) / n_chars > cfg.max_ellipsis_ratio:
             return False, "ellipsis_ratio"
-        punctuation = sum(1 for ch in text if ch in PUNCTUATION)
-        content = n_chars - punctuation - sum(ch.isspace() for ch in text)
-        digits = sum(ch.isdigit() for ch in text)
+        counts = Counter(text)  # one pass gives the character-class counts, uniqueness and entropy
+        punctuation = sum(c for ch, c in counts.items() if ch in PUNCTUATION)
+        spaces = sum(c for ch, c in counts.items() if ch.isspace())
+        digits = sum(c for ch, c in counts.items() if ch.isdigit())
+        content = n_chars - punctuation - spaces
         if content and digits / content > cfg.max_digit_ratio:
             return False, "digit_ratio"
         lines = [line.strip() for line in text.split("\n") if line.strip()]
@@ -87,12 +90,12 @@ class MapCCRules(CleaningStep):
                 return False, "bullet_lines"
         if cfg.require_punctuation and punctuation == 0:
             return False, "no_punctuation"
-        if len(set(text)) / n_chars <= cfg.min_unique_char_ratio:
+        if len(counts) / n_chars <= cfg.min_unique_char_ratio:
             return False, "unique_chars"
-        if char_entropy(text) < cfg.min_char_entropy:
+        if entropy(counts.values(), n_chars) < cfg.min_char_entropy:
             return False, "low_entropy"
-        words = [w for w in zh_words(text) if w.strip() and not all(ch in PUNCTUATION for ch in w.strip())]
-        mean_length = sum(len(w.strip()) for w in words) / len(words) if words else 0.0
+        words = [w for w in zh_words(text) if not PUNCTUATION.issuperset(w)]
+        mean_length = sum(map(len, words)) / len(words) if words else 0.0
         if not cfg.min_mean_word_length <= mean_length <= cfg.max_mean_word_length:
             return False, "mean_word_length"
         return True
@@ -131,7 +134,13 @@ class MapCCRepetition(CleaningStep):
         for n, limit in sorted(self.config.max_top_ngram_fraction.items()):
             if top_ngram_fraction(units, int(n)) > limit:
                 return False, f"top_{n}_gram"
-        for n, limit in sorted(self.config.max_duplicate_ngram_fraction.items()):
-            if duplicate_ngram_fraction(units, int(n)) > limit:
+        limits = sorted((int(n), limit) for n, limit in self.config.max_duplicate_ngram_fraction.items())
+        for i, (n, limit) in enumerate(limits):
+            fraction = duplicate_ngram_fraction(units, n)
+            if fraction > limit:
                 return False, f"dup_{n}_gram"
+            # the fraction cannot grow with n (a repeated (n+1)-gram starts with a repeated n-gram),
+            # so once it is under every remaining limit, no longer n-gram can fail
+            if fraction <= min(rest for _, rest in limits[i:]):
+                break
         return True

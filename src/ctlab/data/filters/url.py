@@ -8,6 +8,8 @@ bundled snapshot (never fetched), so the stage runs offline. Documents without a
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import lru_cache
+from urllib.parse import urlsplit
 
 from datatrove.data import Document
 from datatrove.pipeline.filters.url_filter import URLFilter
@@ -20,6 +22,16 @@ class UrlConfig:
     enabled: bool = True
     extra_domains: list[str] = field(default_factory=list)
     extra_banned_words: list[str] = field(default_factory=list)
+
+
+class _HostCachedExtract:
+    """tldextract per host name, cached: datatrove's filter only uses the host's domain parts."""
+
+    def __init__(self, extract):
+        self._extract = lru_cache(maxsize=1 << 16)(extract)
+
+    def __call__(self, url: str):
+        return self._extract(urlsplit(url).hostname or url)
 
 
 class UrlBlocklistFilter(CleaningStep):
@@ -40,7 +52,7 @@ class UrlBlocklistFilter(CleaningStep):
                 extra_domains=self.config.extra_domains or None,
                 banned_words=self.config.extra_banned_words or None,
             )
-            blocklist.tldextractor = TLDExtract(suffix_list_urls=(), cache_dir=None)
+            blocklist.tldextractor = _HostCachedExtract(TLDExtract(suffix_list_urls=(), cache_dir=None))
             self._blocklist = blocklist
         return self._blocklist
 
