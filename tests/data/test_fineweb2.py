@@ -124,9 +124,9 @@ def decision(result) -> tuple[bool, str | None]:
 
 def datatrove_quality_decision(gopher, fineweb, text):
     doc = Document(text=text, id="doc")
-    result = gopher.filter(doc)
+    result = fineweb.filter(doc)  # FineWeb-2 runs FineWeb quality before Gopher quality
     if result is True:
-        result = fineweb.filter(doc)
+        result = gopher.filter(doc)
     return decision(result)
 
 
@@ -203,5 +203,5 @@ def test_short_line_rule_off_when_none(zh_split):
 
 
 def test_empty_documents_dropped_without_error():
-    assert QualityFilter(QualityConfig()).process(Document(text="", id="x")) == (False, "gopher_short_doc")
+    assert QualityFilter(QualityConfig()).process(Document(text="", id="x")) == (False, "empty")
     assert RepetitionFilter(RepetitionConfig()).process(Document(text="", id="x")) == (False, "empty")

@@ -89,3 +89,21 @@ def test_identify_equals_langid_classify(language_filter, inews):
         ref_label, ref_score = reference.classify(text[: language_filter.config.chars_checked])
         assert label == ref_label
         assert score == pytest.approx(float(ref_score), abs=1e-5)
+
+
+def test_cached_model_gives_langid_results(tmp_path, monkeypatch, inews):
+    """The model arrays cached as .npz load into an identifier equal to langid's own."""
+    from ctlab.data.filters import language
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    language.langid_identifier.cache_clear()
+    try:
+        built = language.langid_identifier()  # unpacks langid's model, writes the cache
+        assert list(tmp_path.glob("ctlab/langid-*.npz"))
+        language.langid_identifier.cache_clear()
+        loaded = language.langid_identifier()  # from the cache
+        assert loaded is not built
+        for text in [t for _, t in inews[:20]] + [ENGLISH, JAPANESE]:
+            assert loaded.classify(text) == built.classify(text)
+    finally:
+        language.langid_identifier.cache_clear()

@@ -46,28 +46,34 @@ def test_nfkc_off_keeps_fullwidth_letters():
 
 
 def test_bracket_ratio_above_limit_drops():
-    # 【…】 spans 10 of the page's 24 characters: 42% > 10%
+    # the text inside 【…】 is 6 of the page's 24 characters: 25% > 10%
     text = "【首页】【新闻中心】今天的天气很好，我们去公园。"
     assert len(text) == 24
     result, _ = normalize(text)
     assert result == (False, "bracket_ratio")
 
 
-def test_bracket_ratio_below_limit_keeps_and_converts_brackets():
+def test_bracket_ratio_below_limit_keeps_brackets():
     body = "今天的天气很好，我们一起去公园散步，看到了很多美丽的花朵。" * 3
-    text = "【记者】" + body  # 4 bracketed characters in a long paragraph
-    assert 4 / len(text) < 0.1
+    text = "【记者】" + body  # 2 bracketed characters in a long paragraph
+    assert 2 / len(text) < 0.1
     result, out = normalize(text)
     assert result is True
-    assert out.startswith("[记者]今天的天气很好,")
+    assert out.startswith("【记者】今天的天气很好,")  # MAP-CC leaves 【】 as they are
 
 
 def test_bracket_ratio_boundary_is_exclusive():
-    # exactly 10%: 4 bracketed characters in 40 → kept (the rule drops above the limit)
-    text = "【标题】" + "今" * 36
+    # exactly 10%: 4 characters inside the brackets, 40 in all → kept (the rule drops above the limit)
+    text = "【标题内容】" + "今" * 34
     assert len(text) == 40
     assert normalize(text)[0] is True
-    assert normalize("【标题】" + "今" * 35)[0] == (False, "bracket_ratio")
+    assert normalize("【标题内容】" + "今" * 33)[0] == (False, "bracket_ratio")
+
+
+def test_bracket_pairs_count_within_one_line():
+    # MAP-CC's pattern does not cross line breaks: a pair split over lines counts nothing
+    text = "【标题\n" + "今" * 20 + "】"
+    assert normalize(text)[0] is True
 
 
 def test_bracket_rule_off():
@@ -80,7 +86,7 @@ def test_punctuation_mapping_to_halfwidth():
         "你好，世界。“引用”‘单引’《书名》、顿号——破折号～问？叹！冒：分；（括号）【注】" + "文" * 80
     )
     assert result is True
-    assert text.startswith("你好,世界.\"引用\"'单引'<书名>,顿号--破折号~问?叹!冒:分;(括号)[注]")
+    assert text.startswith("你好,世界.\"引用\"'单引'《书名》、顿号——破折号~问?叹!冒:分;(括号)【注】")
 
 
 def test_punctuation_mapping_off_keeps_cjk_punctuation():

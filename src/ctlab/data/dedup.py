@@ -13,9 +13,10 @@ Across documents it runs as datatrove stages, so it scales out like the rest of 
 4. :class:`DedupFilter` (one task per shard): drops the marked documents into rejects.
 
 State on disk per document: ``bands × (rows × 4 + 4)`` bytes of signatures (14 × 8 → 504 B)
-plus 12 B of exact hash. In memory: a shard's exact hashes while its task sorts them
-(12 B per document), and in the cluster task a union-find over *duplicated* documents only
-(about 100 B each); nothing grows with the number of unique documents.
+plus 12 B of exact hash. In memory, per shard task: 8 B per document of exact hashes, and
+``rows × 4 + 4`` B per document while datatrove sorts one band's signatures (36 B at 8 rows),
+so memory follows the shard size, not the input size (more input: more ``--tasks``); in
+the cluster task a union-find over *duplicated* documents only (about 100 B each).
 
 :class:`SimilarLineDedup` removes lines that repeat an earlier line of the same document:
 lines up to ``short_line_chars`` long must match exactly, longer ones within a Levenshtein
@@ -28,6 +29,7 @@ import contextlib
 import heapq
 import re
 import struct
+from array import array
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -109,25 +111,27 @@ class DedupSignature(MinhashDedupSignature):
         """Hashes of the character n-grams of :func:`dedup_key` (uint64, shape (N, 1))."""
         return ngram_hashes(codepoints(dedup_key(text)), self.config.n_grams).reshape((-1, 1))
 
-    def _record_exact(self, data: DocumentsPipeline, records: list) -> DocumentsPipeline:
-        for index, doc in enumerate(data):
-            records.append((xxhash.xxh64_intdigest(dedup_key(doc.text)), index))
+    def _record_exact(self, data: DocumentsPipeline, hashes: array) -> DocumentsPipeline:
+        for doc in data:
+            hashes.append(xxhash.xxh64_intdigest(dedup_key(doc.text)))
             yield doc
 
     def run(self, data: DocumentsPipeline, rank: int = 0, world_size: int = 1):
-        records: list[tuple[int, int]] = []
-        stream = self._record_exact(data, records)
+        hashes = array("Q")  # 8 bytes per document; its position is the index
+        stream = self._record_exact(data, hashes)
         if self.dedup.minhash:
             super().run(stream, rank, world_size)
         else:
             for _ in stream:
                 pass
         if self.dedup.exact:
-            records.sort()
+            values = np.frombuffer(hashes, dtype=np.uint64)
+            order = np.argsort(values, kind="stable")
+            records = np.empty(len(order), dtype=[("hash", "<u8"), ("index", "<u4")])
+            records["hash"], records["index"] = values[order], order
             folder = get_datafolder(f"{self.work_folder}/exact")
             with folder.open(f"{rank:05d}.bin", "wb") as f:
-                for record in records:
-                    f.write(EXACT_RECORD.pack(*record))
+                f.write(records.tobytes())
 
 
 def _read_records(folder, name: str, record: struct.Struct) -> Iterator[tuple]:

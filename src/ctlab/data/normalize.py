@@ -20,37 +20,17 @@ from datatrove.data import Document
 
 from ctlab.data.steps import CleaningStep
 
-# Full-width and CJK punctuation → ASCII, as MAP-CC's format stage does (applied after NFKC,
-# which already folds the U+FF01..U+FF5E full-width forms).
+# MAP-CC's 34-pair punctuation map (full-width → ASCII; 、《》【】…· stay). After NFKC only
+# 。“”‘’ still need it, but it also serves recipes that switch NFKC off.
 PUNCTUATION_TO_HALFWIDTH = str.maketrans(
-    {
-        "，": ",",
-        "。": ".",
-        "！": "!",
-        "？": "?",
-        "：": ":",
-        "；": ";",
-        "（": "(",
-        "）": ")",
-        "“": '"',
-        "”": '"',
-        "‘": "'",
-        "’": "'",
-        "、": ",",
-        "【": "[",
-        "】": "]",
-        "《": "<",
-        "》": ">",
-        "—": "-",
-        "～": "~",
-        "\u3000": " ",
-    }
+    "。！？，：；“”‘’（）［］｛｝＃＄％＆＊＋－／＜＝＞＠＼＾＿｀｜～",
+    ".!?,:;\"\"''()[]{}#$%&*+-/<=>@\\^_`|~",
 )
 
 _URL_CHARS = "\\s<>\"'\u3000-\u303f\uff00-\uffef\u4e00-\u9fff"  # characters a link stops at
 # a link does not end in sentence punctuation: "见www.a.cn/x." keeps its final "."
 LINK_RE = re.compile(rf"(?:https?://|ftp://|www\.)(?:[^{_URL_CHARS}]*[^{_URL_CHARS}.,;:!?)\]])?", re.I)
-BRACKETED_RE = re.compile(r"【[^【】]*】")
+BRACKETED_RE = re.compile(r"【(.*?)】")  # MAP-CC counts the text inside, on one line
 
 
 @dataclass
@@ -79,7 +59,7 @@ class Normalize(CleaningStep):
         if cfg.nfkc:
             text = unicodedata.normalize("NFKC", text)
         if cfg.max_bracket_ratio is not None and text:
-            bracketed = sum(len(m) for m in BRACKETED_RE.findall(text))
+            bracketed = sum(map(len, BRACKETED_RE.findall(text)))
             if bracketed / len(text) > cfg.max_bracket_ratio:
                 return False, "bracket_ratio"
         if cfg.strip_links:  # before punctuation mapping, so a link does not swallow the 。 after it

@@ -12,8 +12,11 @@ English or numbers with a Chinese title).
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
 
 import numpy as np
 from datatrove.data import Document
@@ -28,6 +31,51 @@ def han_ratio(text: str) -> float:
     """Han characters / non-whitespace characters (0 for an empty text)."""
     visible = len(text) - len(SPACE_RE.findall(text))
     return len(HAN_RE.findall(text)) / visible if visible else 0.0
+
+
+def _cache_dir() -> Path:
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "ctlab"
+
+
+@lru_cache(maxsize=1)
+def langid_identifier():
+    """langid's identifier with its bundled model, once per process.
+
+    Unpacking the model string (base64, bz2, pickle) takes ~1.5 s; its arrays are cached as
+    ``.npz`` (no pickle) under ``$XDG_CACHE_HOME/ctlab`` and loaded from there afterwards.
+    """
+    import langid
+    from langid.langid import LanguageIdentifier, model
+
+    cache = _cache_dir() / f"langid-{langid.__version__ if hasattr(langid, '__version__') else len(model)}.npz"
+    try:
+        with np.load(cache, allow_pickle=False) as arrays:
+            ptc, pc, classes = arrays["nb_ptc"], arrays["nb_pc"], arrays["nb_classes"].tolist()
+            nextmove = arrays["tk_nextmove"].tolist()
+            states, offsets, indices = arrays["out_states"], arrays["out_offsets"], arrays["out_indices"]
+            output = {
+                int(state): tuple(indices[offsets[i] : offsets[i + 1]].tolist()) for i, state in enumerate(states)
+            }
+        return LanguageIdentifier(ptc, pc, ptc.shape[0], classes, nextmove, output, norm_probs=True)
+    except (OSError, KeyError, ValueError):
+        pass
+    identifier = LanguageIdentifier.from_modelstring(model, norm_probs=True)
+    states = sorted(identifier.tk_output)
+    lists = [identifier.tk_output[state] for state in states]
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    partial = cache.with_suffix(f".{os.getpid()}.npz")
+    np.savez(
+        partial,
+        nb_ptc=identifier.nb_ptc,
+        nb_pc=identifier.nb_pc,
+        nb_classes=np.array(identifier.nb_classes),
+        tk_nextmove=np.asarray(identifier.tk_nextmove, dtype=np.int64),
+        out_states=np.array(states, dtype=np.int64),
+        out_offsets=np.cumsum([0, *map(len, lists)]),
+        out_indices=np.array([i for indices in lists for i in indices], dtype=np.int64),
+    )
+    os.replace(partial, cache)
+    return identifier
 
 
 @dataclass
@@ -46,15 +94,10 @@ class ChineseLanguageFilter(CleaningStep):
     def __init__(self, config: LanguageConfig, rejects_folder: str | None = None):
         super().__init__(rejects_folder)
         self.config = config
-        self._identifier = None
 
     def identify(self, text: str) -> tuple[str, float]:
         """(top language code, its probability) for the leading ``chars_checked`` characters."""
-        if self._identifier is None:
-            from langid.langid import LanguageIdentifier, model
-
-            self._identifier = LanguageIdentifier.from_modelstring(model, norm_probs=True)
-        identifier = self._identifier
+        identifier = langid_identifier()
         features = identifier.instance2fv(text[: self.config.chars_checked])  # (7480,) counts
         present = np.flatnonzero(features)
         log_probs = features[present] @ identifier.nb_ptc[present] + identifier.nb_pc  # (97,)

@@ -1,9 +1,13 @@
 """CT-LLM's MAP-CC rule set: document-level heuristics and character n-gram repetition.
 
-Thresholds are MAP-CC's (see ``MapCCRulesConfig``). Two upstream defects are fixed here:
-the repetition rule rejects (upstream it tests a tuple, which is always true, so it never
-fires), and duplicate n-gram fractions count the character *positions* covered by repeated
-n-grams (upstream counts unique characters for n ≥ 5).
+Definitions and thresholds follow MAP-CC's ``filter.py`` (run after its format stage, so
+full-width punctuation is already ASCII). Upstream defects are fixed here:
+
+- the repetition rule rejects (upstream tests a tuple, which is always true: it never fires);
+- duplicate n-gram fractions count the character *positions* covered by repeated n-grams
+  (upstream counts the distinct characters in them for n ≥ 5);
+- the read-more rule also matches "..." (upstream looks for "。。。", which its own
+  punctuation mapping has already turned into "...").
 
 Each rule drops with its own reason, so ``stats.json`` shows which rule removed what.
 """
@@ -11,6 +15,7 @@ Each rule drops with its own reason, so ``stats.json`` shows which rule removed 
 from __future__ import annotations
 
 import re
+import string
 from collections import Counter
 from dataclasses import dataclass, field
 
@@ -19,13 +24,15 @@ from datatrove.data import Document
 from ctlab.data.steps import CleaningStep
 from ctlab.data.textstats import codepoints, duplicate_ngram_fraction, entropy, top_ngram_fraction, zh_words
 
-# sentence ends and punctuation, in both widths (MAP-CC maps full-width to half-width first,
-# but a recipe may switch that off)
-SENTENCE_END_RE = re.compile(r"[.!?;。！？；…]+|\n+")
-PUNCTUATION = frozenset(",.!?;:'\"()[]<>-—…、，。！？；：“”‘’（）【】《》「」『』·~～")
-ELLIPSIS_RE = re.compile(r"\.\.\.|…|。。。")
-READMORE_ENDINGS = ("readmore", "read more", "展开", "更多", "。。。", "...", "…")
-BULLETS = ("•", "●", "○", "■", "□", "▪", "◆", "◇", "★", "☆", "-", "*", "·", "→", "►")
+# sentence ends after the format stage, plus their full-width forms for recipes without it
+SENTENCE_END_RE = re.compile(r"[.!…?;\"。！？；“”]+")
+# MAP-CC's punctuation set (ASCII marks and …), plus CJK marks for recipes without the mapping
+PUNCTUATION = frozenset(string.punctuation + "…、，。！？；：“”‘’（）【】《》「」『』·～")
+NOT_WORD_RE = re.compile(r"[^\w\s]")
+HASH_RUN_RE = re.compile(r"#+")
+ELLIPSIS_RUN_RE = re.compile(r"…+|\.{2,}")
+READMORE_ENDINGS = ("readmore", "展开", "更多", "。。。", "...")
+BULLETS = tuple("•●○■□▪▫※·➢‣▶◀◦–")
 WHITESPACE_RE = re.compile(r"\s+")
 
 
@@ -69,32 +76,27 @@ class MapCCRules(CleaningStep):
         sentences = [s for s in SENTENCE_END_RE.split(text) if s.strip()]
         if len(sentences) < cfg.min_sentences:
             return False, "few_sentences"
-        if text.count("#") / n_chars > cfg.max_hash_ratio:
+        if len(HASH_RUN_RE.findall(text)) / n_chars > cfg.max_hash_ratio:
             return False, "hash_ratio"
-        if len(ELLIPSIS_RE.findall(text)) / n_chars > cfg.max_ellipsis_ratio:
+        if len(ELLIPSIS_RUN_RE.findall(text)) / n_chars > cfg.max_ellipsis_ratio:
             return False, "ellipsis_ratio"
         counts = Counter(text)  # one pass gives the character-class counts, uniqueness and entropy
-        punctuation = sum(c for ch, c in counts.items() if ch in PUNCTUATION)
-        spaces = sum(c for ch, c in counts.items() if ch.isspace())
+        symbols = sum(c for ch, c in counts.items() if NOT_WORD_RE.match(ch))  # neither \w nor whitespace
         digits = sum(c for ch, c in counts.items() if ch.isdigit())
-        content = n_chars - punctuation - spaces
-        if content and digits / content > cfg.max_digit_ratio:
+        if n_chars > symbols and digits / (n_chars - symbols) > cfg.max_digit_ratio:
             return False, "digit_ratio"
-        lines = [line.strip() for line in text.split("\n") if line.strip()]
-        if lines:
-            readmore = sum(line.lower().endswith(READMORE_ENDINGS) for line in lines)
-            if readmore / len(lines) > cfg.max_readmore_line_ratio:
-                return False, "readmore_lines"
-            bullets = sum(line.startswith(BULLETS) for line in lines)
-            if bullets / len(lines) > cfg.max_bullet_line_ratio:
-                return False, "bullet_lines"
-        if cfg.require_punctuation and punctuation == 0:
+        lines = text.splitlines() or [text]
+        if sum(line.endswith(READMORE_ENDINGS) for line in lines) / len(lines) > cfg.max_readmore_line_ratio:
+            return False, "readmore_lines"
+        if sum(line.startswith(BULLETS) for line in lines) / len(lines) > cfg.max_bullet_line_ratio:
+            return False, "bullet_lines"
+        if cfg.require_punctuation and not any(ch in PUNCTUATION for ch in counts):
             return False, "no_punctuation"
         if len(counts) / n_chars <= cfg.min_unique_char_ratio:
             return False, "unique_chars"
         if entropy(counts.values(), n_chars) < cfg.min_char_entropy:
             return False, "low_entropy"
-        words = [w for w in zh_words(text) if not PUNCTUATION.issuperset(w)]
+        words = zh_words(NOT_WORD_RE.sub("", text))
         mean_length = sum(map(len, words)) / len(words) if words else 0.0
         if not cfg.min_mean_word_length <= mean_length <= cfg.max_mean_word_length:
             return False, "mean_word_length"

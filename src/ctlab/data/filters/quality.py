@@ -14,7 +14,8 @@ from dataclasses import dataclass, field
 import numpy as np
 from datatrove.data import Document
 from datatrove.pipeline.filters.gopher_repetition_filter import find_duplicates
-from datatrove.utils.text import PUNCTUATION_SET, TERMINAL_PUNCTUATION
+from datatrove.utils.text import PUNCTUATION_SET as _PUNCTUATION
+from datatrove.utils.text import TERMINAL_PUNCTUATION
 
 from ctlab.data.steps import CleaningStep
 from ctlab.data.textstats import zh_words
@@ -44,6 +45,7 @@ STOP_WORDS = [
     "由",
 ]
 LINE_ENDINGS = tuple(TERMINAL_PUNCTUATION)
+PUNCTUATION_SET = frozenset(_PUNCTUATION)
 
 
 @dataclass
@@ -70,8 +72,8 @@ class QualityConfig:
 
 
 class QualityFilter(CleaningStep):
-    """Reasons: datatrove's ``gopher_*`` names, then ``line_punct_ratio``, ``short_line_ratio``,
-    ``char_dup_ratio``, ``list_ratio``."""
+    """Reasons are datatrove's: ``line_punct_ratio``, ``short_line_ratio``, ``char_dup_ratio``,
+    ``list_ratio``, then the ``gopher_*`` names."""
 
     name = "quality"
 
@@ -85,7 +87,7 @@ class QualityFilter(CleaningStep):
         n_words = len(words)
         if n_words == 0:
             return False, "gopher_short_doc"
-        non_symbol = [w for w in words if any(ch not in PUNCTUATION_SET for ch in w)]
+        non_symbol = [w for w in words if not PUNCTUATION_SET.issuperset(w)]
         if cfg.min_doc_words and len(non_symbol) < cfg.min_doc_words:
             return False, "gopher_short_doc"
         if cfg.max_doc_words and len(non_symbol) > cfg.max_doc_words:
@@ -106,7 +108,7 @@ class QualityFilter(CleaningStep):
         ellipsis = sum(s.rstrip().endswith(("...", "…")) for s in lines)
         if cfg.max_ellipsis_lines_ratio and ellipsis / len(lines) > cfg.max_ellipsis_lines_ratio:
             return False, "gopher_too_many_end_ellipsis"
-        alpha = sum(any(c.isalpha() for c in w) for w in words)
+        alpha = sum(w.isalpha() or any(c.isalpha() for c in w) for w in words)  # most words: all letters
         if cfg.min_alpha_words_ratio and alpha / n_words < cfg.min_alpha_words_ratio:
             return False, "gopher_below_alpha_threshold"
         if cfg.min_stop_words and len(self._stop_words.intersection(words)) < cfg.min_stop_words:
@@ -138,5 +140,5 @@ class QualityFilter(CleaningStep):
 
     def process(self, doc: Document) -> bool | tuple[bool, str]:
         words = zh_words(doc.text)
-        result = self.gopher(doc.text, words)
-        return self.fineweb(doc.text, words) if result is True else result
+        result = self.fineweb(doc.text, words)  # FineWeb-2's order: FineWeb quality, then Gopher quality
+        return self.gopher(doc.text, words) if result is True else result

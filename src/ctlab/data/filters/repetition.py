@@ -1,9 +1,10 @@
 """FineWeb-2's repetition filter for Mandarin: Gopher's rules with cmn_Hani thresholds, on jieba words.
 
-The definitions are datatrove's ``GopherRepetitionFilter`` (its helper functions are used
-directly, so a fraction here means what FineWeb-2's thresholds were tuned on): duplicate
-lines and paragraphs by count and by characters, the most frequent word n-gram's characters,
-and characters of repeated word n-grams, all over the document's length. Words come from
+The definitions are datatrove's ``GopherRepetitionFilter``, so a fraction here means what
+FineWeb-2's thresholds were tuned on: duplicate lines and paragraphs by count and by
+characters, the most frequent word n-gram's characters, and characters of repeated word
+n-grams, all over the document's length. The n-gram counts give datatrove's numbers
+(tests compare them) without building a joined string per n-gram and n. Words come from
 jieba (Rust port), as datatrove's cmn_Hani tokenizer (spaCy + jieba) gives, without spaCy.
 """
 
@@ -12,16 +13,12 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
+import numpy as np
 from datatrove.data import Document
-from datatrove.pipeline.filters.gopher_repetition_filter import (
-    find_all_duplicate,
-    find_duplicates,
-    find_top_duplicate,
-    get_n_grams,
-)
+from datatrove.pipeline.filters.gopher_repetition_filter import find_duplicates
 
 from ctlab.data.steps import CleaningStep
-from ctlab.data.textstats import zh_words
+from ctlab.data.textstats import codepoints, zh_words
 
 PARAGRAPH_RE = re.compile(r"\n{2,}")
 LINE_RE = re.compile(r"\n+")
@@ -67,11 +64,92 @@ class RepetitionFilter(CleaningStep):
         if cfg.dup_line_char_frac and dup_line_chars / len(text) > cfg.dup_line_char_frac:
             return False, "dup_line_char_frac"
         words = zh_words(text)
+        if not words:
+            return True
+        ids, lengths = _word_ids(words)
         for n, limit in sorted(cfg.top_ngrams.items()):
-            ngrams = get_n_grams(words, int(n))
-            if ngrams and find_top_duplicate(ngrams) / len(text) > limit:
+            if len(words) >= int(n) and top_ngram_chars(ids, lengths, int(n)) / len(text) > limit:
                 return False, f"top_{n}_gram"
+        concatenation = _PrefixHashes("".join(words))
+        starts = np.concatenate(([0], np.cumsum(lengths)))
         for n, limit in sorted(cfg.dup_ngrams.items()):
-            if find_all_duplicate(words, int(n)) / len(text) > limit:
+            if duplicated_ngram_chars(concatenation, starts, int(n)) / len(text) > limit:
                 return False, f"duplicated_{n}_n_grams"
         return True
+
+
+def _word_ids(words: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """(ids, lengths) of ``words``: int64 arrays of shape (len(words),); equal words, equal ids."""
+    vocabulary: dict[str, int] = {}
+    ids = np.fromiter((vocabulary.setdefault(w, len(vocabulary)) for w in words), dtype=np.int64, count=len(words))
+    return ids, np.fromiter(map(len, words), dtype=np.int64, count=len(words))
+
+
+def top_ngram_chars(ids: np.ndarray, lengths: np.ndarray, n: int) -> int:
+    """datatrove's ``find_top_duplicate(get_n_grams(words, n))``: characters of the most frequent
+    word n-gram joined by spaces, times its count; ties go to the n-gram seen first.
+
+    ``ids``, ``lengths``: (W,) word ids and lengths, W >= n.
+    """
+    windows = np.lib.stride_tricks.sliding_window_view(ids, n)  # (W - n + 1, n)
+    vocabulary = int(ids.max()) + 1
+    if vocabulary**n < 2**62:  # each n-gram as one exact integer: a 1-D unique is much faster
+        keys = windows @ (vocabulary ** np.arange(n - 1, -1, -1, dtype=np.int64))
+        _, first, counts = np.unique(keys, return_index=True, return_counts=True)
+    else:
+        _, first, counts = np.unique(windows, axis=0, return_index=True, return_counts=True)
+    top = counts.max()
+    start = int(first[counts == top].min())
+    return int(top) * (int(lengths[start : start + n].sum()) + n - 1)
+
+
+_BASE = 0x100000001B3
+_MASK = (1 << 64) - 1
+
+
+class _PrefixHashes:
+    """Polynomial hashes (mod 2^64) of a string's prefixes, so any substring hashes in O(1), vectorised."""
+
+    def __init__(self, text: str):
+        codes = codepoints(text)  # (C,)
+        base, inverse = np.uint64(_BASE), np.uint64(pow(_BASE, -1, 1 << 64))
+        with np.errstate(over="ignore"):
+            one, zero = np.ones(1, dtype=np.uint64), np.zeros(1, dtype=np.uint64)
+            self.powers = np.concatenate((one, np.cumprod(np.full(len(codes), base))))  # B^k, k = 0..C
+            inverse_powers = np.cumprod(np.full(len(codes), inverse, dtype=np.uint64))  # B^-(t+1)
+            # prefix[k] = sum_{t<k} c_t B^(k-1-t) = B^k * sum_{t<k} c_t B^-(t+1)
+            self.prefix = self.powers * np.concatenate((zero, np.cumsum(codes * inverse_powers)))
+
+    def substrings(self, starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
+        """Hash of text[s:e] for each pair: uint64 array shaped like ``starts``."""
+        with np.errstate(over="ignore"):
+            return self.prefix[ends] - self.prefix[starts] * self.powers[ends - starts]
+
+
+def duplicated_ngram_chars(concatenation: _PrefixHashes, starts: np.ndarray, n: int) -> int:
+    """datatrove's ``find_all_duplicate(words, n)``: a left-to-right scan that counts the characters
+    of each n-gram (its words concatenated) already seen, then jumps past it.
+
+    ``starts``: (W + 1,) offset of each word in the concatenation, then its length. Up to the
+    first n-gram that repeats an earlier one the scan only collects, so it starts there.
+    """
+    count = len(starts) - n
+    if count <= 0:
+        return 0
+    hashes = concatenation.substrings(starts[:count], starts[n:])
+    _, first, inverse = np.unique(hashes, return_index=True, return_inverse=True)
+    repeats = np.flatnonzero(first[inverse] < np.arange(count))
+    if len(repeats) == 0:
+        return 0
+    ids, sizes = inverse.tolist(), (starts[n:] - starts[:count]).tolist()
+    index = int(repeats[0])
+    seen = set(ids[:index])
+    repeated = 0
+    while index < count:
+        if ids[index] in seen:
+            repeated += sizes[index]
+            index += n
+        else:
+            seen.add(ids[index])
+            index += 1
+    return repeated
