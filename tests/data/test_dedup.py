@@ -335,3 +335,22 @@ def test_similar_lines_step_counts_removed_lines(lines_step):
     assert lines_step.stats["lines_removed"].total == 1
     untouched = Document(text="只有一行", id="e")
     assert lines_step.process(untouched) is True and untouched.text == "只有一行"
+
+
+def test_signature_agreement_estimates_jaccard(tmp_path):
+    """The share of equal MinHash values estimates the Jaccard similarity of the shingle sets."""
+    import numpy as np
+
+    from ctlab.data.dedup import DedupConfig, DedupSignature
+
+    step = DedupSignature(str(tmp_path), DedupConfig(ngram=5, bands=16, rows=16))  # 256 hashes
+    rng = np.random.default_rng(0)
+    universe = rng.integers(0, 2**63, size=4000, dtype=np.uint64)
+    for overlap in (0.9, 0.6, 0.3):
+        shared = int(1000 * overlap / (1 + overlap) * 2)  # |A ∩ B| for |A| = |B| = 1000 at this Jaccard
+        a = universe[:1000]
+        b = np.concatenate([universe[:shared], universe[2000 : 2000 + 1000 - shared]])
+        jaccard = shared / (2000 - shared)
+        sig_a = np.concatenate(step.get_signature(a.reshape(-1, 1)))
+        sig_b = np.concatenate(step.get_signature(b.reshape(-1, 1)))
+        assert abs((sig_a == sig_b).mean() - jaccard) < 0.1, (overlap, jaccard, (sig_a == sig_b).mean())

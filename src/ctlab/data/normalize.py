@@ -121,26 +121,27 @@ class MaskPII(CleaningStep):
     def __init__(self, config: PIIConfig, rejects_folder: str | None = None):
         super().__init__(rejects_folder)
         self.config = config
+        # one pass over the text: at each position the kinds are tried in this order
+        kinds = [
+            ("email", EMAIL_RE, config.email),
+            ("resident_id", ID_CARD_RE, config.resident_id),
+            ("mobile", MOBILE_RE, config.mobile),
+            ("landline", LANDLINE_RE, config.landline),
+            ("ip", IPV4_RE, config.ip),
+        ]
+        self._replacements = {kind: replacement for kind, _, replacement in kinds if replacement is not None}
+        alternatives = [f"(?P<{kind}>{pattern.pattern})" for kind, pattern, replacement in kinds if replacement]
+        self._pattern = re.compile("|".join(alternatives)) if alternatives else None
 
-    def _mask(self, text: str, kind: str, pattern: re.Pattern, replacement: str | None, check=None) -> str:
-        if replacement is None:
-            return text
-
-        def replace(match: re.Match) -> str:
-            if check is not None and not check(match.group(0)):
-                return match.group(0)
-            self.stat_update(f"pii/{kind}")
-            return replacement
-
-        return pattern.sub(replace, text)
+    def _replace(self, match: re.Match) -> str:
+        kind = match.lastgroup
+        if kind == "resident_id" and not valid_resident_id(match.group(0)):
+            return match.group(0)
+        self.stat_update(f"pii/{kind}")
+        return self._replacements[kind]
 
     def process(self, doc: Document) -> bool:
-        cfg = self.config
-        text = doc.text
-        text = self._mask(text, "email", EMAIL_RE, cfg.email)
-        text = self._mask(text, "resident_id", ID_CARD_RE, cfg.resident_id, valid_resident_id)
-        text = self._mask(text, "mobile", MOBILE_RE, cfg.mobile)
-        text = self._mask(text, "landline", LANDLINE_RE, cfg.landline)
-        text = self._mask(text, "ip", IPV4_RE, cfg.ip)
-        doc.text = text
+        if self._pattern is None:
+            return True
+        doc.text = self._pattern.sub(self._replace, doc.text)
         return True
