@@ -8,7 +8,8 @@ known kinds (see ctlab.data.demo), as one JSONL file. On one worker each:
   FineWebQualityFilter (language "cmn_Hani", FineWeb-2's cmn_Hani thresholds) → datatrove's
   4-stage MinHash dedup (language "cmn_Hani") → JsonlWriter.
 
-Reports documents/s and MB/s (UTF-8 text) end to end (median of --repeats runs), the ratio
+Each run is a whole process (interpreter start, imports, every phase of the pipeline, output
+written). Reports documents/s and MB/s (UTF-8 text) end to end, median of the runs, the ratio
 to the stock pipeline, the share of known junk removed and of real articles kept.
 
     python benchmarks/bench_clean.py [--repeats 3] [--out runs/bench_clean]
@@ -23,6 +24,7 @@ import os
 import platform
 import shutil
 import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -92,6 +94,21 @@ def stock_pipeline(input_file: str, out: str) -> None:
         LocalPipelineExecutor(pipeline, tasks=tasks, workers=1, logging_dir=f"{out}/logs/{i}").run()
 
 
+PIPELINES = ("mapcc", "fineweb2-zh", "stock")
+LABELS = {"mapcc": "ctlab mapcc", "fineweb2-zh": "ctlab fineweb2-zh", "stock": "stock datatrove"}
+
+
+def write_input(out: str) -> tuple[str, list[dict], dict]:
+    """(path, records, junk manifest) of the benchmark input: inews plus known junk, one JSONL file."""
+    records, manifest = benchmark_records()
+    input_file = os.path.abspath(os.path.join(out, "input", "inews_with_junk.jsonl"))
+    os.makedirs(os.path.dirname(input_file), exist_ok=True)
+    with open(input_file, "w", encoding="utf-8") as f:
+        for record in records:
+            f.write(json.dumps(record, ensure_ascii=False) + "\n")
+    return input_file, records, manifest
+
+
 def clean_ids(out: str) -> set[str]:
     ids = set()
     for path in Path(out, "clean").glob("*.jsonl.gz"):
@@ -100,14 +117,16 @@ def clean_ids(out: str) -> set[str]:
     return ids
 
 
-def measure(name: str, run, out_root: str, repeats: int, manifest: dict, real_ids: set[str]) -> dict:
-    seconds = []
-    for r in range(repeats):
-        out = os.path.join(out_root, f"{name}-{r}")
-        shutil.rmtree(out, ignore_errors=True)
-        start = time.perf_counter()
-        run(out)
-        seconds.append(time.perf_counter() - start)
+def run_once(name: str, input_file: str, out_root: str) -> float:
+    """Seconds for one whole process that runs pipeline ``name`` (a fresh interpreter each time:
+    datatrove's cmn_Hani tokenizer, once loaded, cannot be copied into a second run's executor)."""
+    command = [sys.executable, __file__, "--only", name, "--input", input_file, "--out", out_root]
+    start = time.perf_counter()
+    subprocess.run(command, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return time.perf_counter() - start
+
+
+def summarise(name: str, seconds: list[float], out: str, manifest: dict, real_ids: set[str]) -> dict:
     kept = clean_ids(out)
     removed = junk_removed(kept, manifest)
     junk_total = sum(t for _, t in removed.values())
@@ -124,40 +143,43 @@ def measure(name: str, run, out_root: str, repeats: int, manifest: dict, real_id
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--stock-repeats", type=int, default=1, help="the stock pipeline takes minutes per run")
+    parser.add_argument("--repeats", type=int, default=3, help="runs of each ctlab recipe")
+    parser.add_argument("--stock-repeats", type=int, default=1, help="runs of the stock pipeline (minutes each)")
     parser.add_argument("--out", default="runs/bench_clean")
+    parser.add_argument("--only", choices=PIPELINES, help="run one pipeline once and exit (for timing tools)")
+    parser.add_argument("--input", help="with --only: an input file already written by this script")
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-
-    records, manifest = benchmark_records()
     os.makedirs(args.out, exist_ok=True)
-    input_file = os.path.abspath(os.path.join(args.out, "input", "inews_with_junk.jsonl"))
-    os.makedirs(os.path.dirname(input_file), exist_ok=True)
-    with open(input_file, "w", encoding="utf-8") as f:
-        for record in records:
-            f.write(json.dumps(record, ensure_ascii=False) + "\n")
+
+    if args.only:
+        input_file = args.input or write_input(args.out)[0]
+        out = os.path.join(args.out, f"only-{args.only}")
+        shutil.rmtree(out, ignore_errors=True)
+        if args.only == "stock":
+            stock_pipeline(input_file, out)
+        else:
+            run_clean([input_file], out, load_recipe(args.only), ExecutorOptions(), progress=False)
+        return 0
+
+    input_file, records, manifest = write_input(args.out)
     n_docs = len(records)
     megabytes = sum(len(r["text"].encode("utf-8")) for r in records) / 1e6
     real_ids = {r["id"] for r in records if r["id"] not in manifest}
     print(f"input: {n_docs} documents ({len(manifest)} known junk), {megabytes:.1f} MB of text", file=sys.stderr)
 
-    one_worker = ExecutorOptions(tasks=1, workers=1)
+    # interleaved, so a drift in the machine's speed touches every pipeline alike
+    seconds: dict[str, list[float]] = {name: [] for name in PIPELINES}
+    for r in range(max(args.repeats, args.stock_repeats)):
+        for name in PIPELINES:
+            if r < (args.stock_repeats if name == "stock" else args.repeats):
+                seconds[name].append(run_once(name, input_file, args.out))
+                print(f"{name} run {r + 1}: {seconds[name][-1]:.1f} s", file=sys.stderr)
     results = [
-        measure(
-            f"ctlab {recipe}",
-            lambda out, recipe=recipe: run_clean([input_file], out, load_recipe(recipe), one_worker, progress=False),
-            args.out,
-            args.repeats,
-            manifest,
-            real_ids,
-        )
-        for recipe in ("mapcc", "fineweb2-zh")
+        summarise(LABELS[name], seconds[name], os.path.join(args.out, f"only-{name}"), manifest, real_ids)
+        for name in PIPELINES
     ]
-    stock = measure(
-        "stock datatrove", lambda out: stock_pipeline(input_file, out), args.out, args.stock_repeats, manifest, real_ids
-    )
-    results.append(stock)
+    stock = results[-1]
 
     print(f"\n{'pipeline':<20} {'docs/s':>8} {'MB/s':>6} {'× stock':>8} {'junk removed':>13} {'real kept':>10}")
     for r in results:

@@ -220,7 +220,10 @@ def test_resume_after_kill_equals_an_uninterrupted_run(tmp_path, inews):
         with open(log_path["whole"], "wb") as log:
             uninterrupted = subprocess.Popen(_clean_command(inputs, whole), stdout=log, stderr=log, env=env)
         with open(log_path["killed"], "wb") as log:
-            victim = subprocess.Popen(_clean_command(inputs, killed), stdout=log, stderr=log, env=env)
+            # its own process group, so the kill also takes the helper processes it forks
+            victim = subprocess.Popen(
+                _clean_command(inputs, killed), stdout=log, stderr=log, env=env, start_new_session=True
+            )
         completions = killed / "logs" / "filter" / "completions"
         deadline = time.monotonic() + 120
         while victim.poll() is None and time.monotonic() < deadline:
@@ -229,7 +232,7 @@ def test_resume_after_kill_equals_an_uninterrupted_run(tmp_path, inews):
             time.sleep(0.02)
         killed_mid_run = victim.poll() is None
         if killed_mid_run:
-            victim.send_signal(signal.SIGKILL)
+            os.killpg(victim.pid, signal.SIGKILL)
         victim.wait(timeout=30)
         done_before = {}  # task stats of the tasks that completed before the kill: a resume must not redo them
         if killed_mid_run:

@@ -12,6 +12,8 @@ from ctlab.data.clean import ExecutorOptions, build_phases, run_clean
 from ctlab.data.dedup import DedupConfig, SimilarLineDedup, dedup_key
 from ctlab.data.recipes import Recipe, load_recipe
 
+REPO = Path(__file__).resolve().parents[2]
+
 EDIT_CHARS = "的一是在不了有和人这中大为上个国我以要他"
 SUFFIX = "\n本文来源：网络转载"
 
@@ -182,12 +184,13 @@ def test_corpus_is_built_as_described(corpus):
 
 @pytest.mark.parametrize(
     ("recipe_name", "ngram", "bands", "rows", "workers"),
-    [("mapcc", 13, 9, 13, 1), ("fineweb2-zh", 5, 14, 8, 2)],
+    [("mapcc", 5, 14, 8, 1), ("fineweb2-zh", 5, 14, 8, 2), ("configs/mapcc-ctllm-minhash.yaml", 13, 9, 13, 1)],
 )
 def test_dedup_removes_injected_duplicates_and_keeps_the_earliest(
     tmp_path, corpus, recipe_name, ngram, bands, rows, workers
 ):
-    recipe = dedup_only(load_recipe(recipe_name))
+    spec = str(REPO / recipe_name) if recipe_name.endswith(".yaml") else recipe_name
+    recipe = dedup_only(load_recipe(spec))
     assert (recipe.dedup.ngram, recipe.dedup.bands, recipe.dedup.rows) == (ngram, bands, rows)
     assert recipe.dedup.exact and recipe.dedup.minhash
     inputs = write_inputs(tmp_path / "in", corpus)
@@ -246,7 +249,7 @@ def test_no_cross_document_dedup_has_no_dedup_phases(tmp_path):
     full = build_phases(load_recipe("mapcc"), ["x"], str(tmp_path), 3, None, False)
     assert [(name, tasks) for name, _, tasks in full] == [
         ("filter", 3),
-        ("dedup-buckets", 9),
+        ("dedup-buckets", 14),
         ("dedup-cluster", 1),
         ("dedup-filter", 3),
         ("stats", 1),

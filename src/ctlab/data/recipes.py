@@ -4,10 +4,11 @@ A recipe is one dataclass of per-stage configs; the stage order is fixed (normal
 URL → language → MAP-CC rules → MAP-CC repetition → repetition → quality → PII → similar
 lines → dedup) and each stage can be switched off. Two are built in:
 
-- ``mapcc``: CT-LLM's MAP-CC rules (with the upstream bugs fixed), MinHash on character
-  13-grams with 9 bands × 13 rows as CT-LLM used;
-- ``fineweb2-zh``: FineWeb-2's Mandarin (cmn_Hani) thresholds over jieba words, MinHash on
-  character 5-grams with 14 bands × 8 rows.
+- ``mapcc``: CT-LLM's MAP-CC rules (with the upstream bugs fixed);
+- ``fineweb2-zh``: FineWeb-2's Mandarin (cmn_Hani) thresholds over jieba words.
+
+Both deduplicate with MinHash on character 5-grams, 14 bands × 8 rows (``DedupConfig``'s
+defaults); ``configs/mapcc-ctllm-minhash.yaml`` restores CT-LLM's 13-grams, 9 × 13.
 
 A user recipe is YAML: ``base:`` names a built-in recipe, every other key overrides a field::
 
@@ -61,11 +62,10 @@ class Recipe:
 def _mapcc() -> Recipe:
     return Recipe(
         name="mapcc",
-        description="CT-LLM's MAP-CC cleaning rules (upstream bugs fixed), MinHash 13-grams 9x13",
+        description="CT-LLM's MAP-CC cleaning rules (upstream bugs fixed), MinHash 5-grams 14x8",
         language=LanguageConfig(min_zh_score=0.4),
         repetition=RepetitionConfig(enabled=False),
         quality=QualityConfig(enabled=False),
-        dedup=DedupConfig(ngram=13, bands=9, rows=13),
     )
 
 
@@ -77,7 +77,6 @@ def _fineweb2_zh() -> Recipe:
         language=LanguageConfig(min_zh_score=0.692),
         mapcc_rules=MapCCRulesConfig(enabled=False),
         mapcc_repetition=MapCCRepetitionConfig(enabled=False),
-        dedup=DedupConfig(ngram=5, bands=14, rows=8),
     )
 
 
