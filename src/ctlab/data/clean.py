@@ -41,7 +41,7 @@ from ctlab.data.filters.url import UrlBlocklistFilter
 from ctlab.data.normalize import MaskPII, Normalize
 from ctlab.data.readers import CorpusReader, expand_inputs
 from ctlab.data.recipes import Recipe
-from ctlab.data.steps import AtomicJsonlWriter, doc_as_dict
+from ctlab.data.steps import AtomicJsonlWriter, CleanWriter, RejectsWriter
 
 EXECUTORS = ("local", "slurm", "ray")
 
@@ -78,30 +78,24 @@ def rule_stages(recipe: Recipe, rejects: str | None) -> list[PipelineStep]:
     return stages
 
 
-def _clean_writer(out: str) -> AtomicJsonlWriter:
-    return AtomicJsonlWriter(f"{out}/clean", adapter=lambda self, doc: doc_as_dict(doc))
-
-
 def build_phases(recipe: Recipe, files: list[str], out: str, tasks: int, input_format: str | None, progress: bool):
     """[(phase name, pipeline, number of tasks)] of a run."""
     rejects = f"{out}/rejects"
     work = f"{out}/work"
-    from ctlab.data.steps import RejectsWriter
-
     reader = CorpusReader(files, input_format, rejects=RejectsWriter(rejects, "read"), progress=progress)
     filtering: list[PipelineStep] = [reader, *rule_stages(recipe, rejects)]
     dedup = recipe.dedup
     if not dedup.across_documents:
-        return [("filter", [*filtering, _clean_writer(out)], tasks), ("stats", [RunStats(out)], 1)]
+        return [("filter", [*filtering, CleanWriter(f"{out}/clean")], tasks), ("stats", [RunStats(out)], 1)]
     # the intermediate shards are read back once: not worth compressing
-    filtering += [AtomicJsonlWriter(f"{work}/filtered", compression=None), DedupSignature(work, dedup)]
+    filtering += [AtomicJsonlWriter(f"{work}/filtered", gzip_level=None), DedupSignature(work, dedup)]
     phases = [("filter", filtering, tasks)]
     if dedup.minhash:
         buckets = MinhashDedupBuckets(f"{work}/minhash", f"{work}/dups", config=dedup.minhash_config())
         phases.append(("dedup-buckets", [buckets], dedup.bands))
     phases += [
         ("dedup-cluster", [DedupCluster(work, dedup)], 1),
-        ("dedup-filter", [DedupFilter(f"{work}/filtered", work, rejects), _clean_writer(out)], tasks),
+        ("dedup-filter", [DedupFilter(f"{work}/filtered", work, rejects), CleanWriter(f"{out}/clean")], tasks),
         ("stats", [RunStats(out)], 1),
     ]
     return phases

@@ -10,6 +10,7 @@ characters in duplicated lines and newlines per word.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from itertools import filterfalse
 
 import numpy as np
 from datatrove.data import Document
@@ -87,7 +88,7 @@ class QualityFilter(CleaningStep):
         n_words = len(words)
         if n_words == 0:
             return False, "gopher_short_doc"
-        non_symbol = [w for w in words if not PUNCTUATION_SET.issuperset(w)]
+        non_symbol = list(filterfalse(PUNCTUATION_SET.issuperset, words))
         if cfg.min_doc_words and len(non_symbol) < cfg.min_doc_words:
             return False, "gopher_short_doc"
         if cfg.max_doc_words and len(non_symbol) > cfg.max_doc_words:
@@ -108,7 +109,8 @@ class QualityFilter(CleaningStep):
         ellipsis = sum(s.rstrip().endswith(("...", "…")) for s in lines)
         if cfg.max_ellipsis_lines_ratio and ellipsis / len(lines) > cfg.max_ellipsis_lines_ratio:
             return False, "gopher_too_many_end_ellipsis"
-        alpha = sum(w.isalpha() or any(c.isalpha() for c in w) for w in words)  # most words: all letters
+        not_all_letters = list(filterfalse(str.isalpha, words))  # most words are letters only
+        alpha = len(words) - len(not_all_letters) + sum(any(c.isalpha() for c in w) for w in not_all_letters)
         if cfg.min_alpha_words_ratio and alpha / n_words < cfg.min_alpha_words_ratio:
             return False, "gopher_below_alpha_threshold"
         if cfg.min_stop_words and len(self._stop_words.intersection(words)) < cfg.min_stop_words:

@@ -80,8 +80,8 @@ class RepetitionFilter(CleaningStep):
 
 def _word_ids(words: list[str]) -> tuple[np.ndarray, np.ndarray]:
     """(ids, lengths) of ``words``: int64 arrays of shape (len(words),); equal words, equal ids."""
-    vocabulary: dict[str, int] = {}
-    ids = np.fromiter((vocabulary.setdefault(w, len(vocabulary)) for w in words), dtype=np.int64, count=len(words))
+    vocabulary = {word: i for i, word in enumerate(dict.fromkeys(words))}
+    ids = np.fromiter(map(vocabulary.__getitem__, words), dtype=np.int64, count=len(words))
     return ids, np.fromiter(map(len, words), dtype=np.int64, count=len(words))
 
 

@@ -44,7 +44,7 @@ class HashedLines:
         stat = os.stat(path)
         cache = f"{path}.{stat.st_size}-{stat.st_mtime_ns}.xxh64.npy"
         try:
-            self._hashes = np.load(cache, allow_pickle=False)
+            self._hashes = np.load(cache, mmap_mode="r", allow_pickle=False)  # a lookup reads ~22 pages
         except (OSError, ValueError):
             with open(path, encoding="utf-8", errors="surrogateescape") as f:
                 lines = (line.strip() for line in f if line[0] != "#")
