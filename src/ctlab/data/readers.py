@@ -342,7 +342,7 @@ class CorpusReader(BaseReader):
             unit="B",
             unit_scale=True,
             desc=f"read task {rank}",
-            disable=not self.progress,
+            disable=None if self.progress else True,  # None: off when stderr is not a terminal
             leave=False,
             mininterval=1,
         )
