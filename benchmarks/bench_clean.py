@@ -18,7 +18,6 @@ to the stock pipeline, the share of known junk removed and of real articles kept
 from __future__ import annotations
 
 import argparse
-import gzip
 import json
 import os
 import platform
@@ -27,10 +26,9 @@ import statistics
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 from ctlab.data.clean import ExecutorOptions, run_clean
-from ctlab.data.demo import benchmark_records, junk_removed
+from ctlab.data.demo import benchmark_records, junk_removed, kept_ids
 from ctlab.data.recipes import load_recipe
 
 CMN_HANI_REPETITION = {
@@ -109,14 +107,6 @@ def write_input(out: str) -> tuple[str, list[dict], dict]:
     return input_file, records, manifest
 
 
-def clean_ids(out: str) -> set[str]:
-    ids = set()
-    for path in Path(out, "clean").glob("*.jsonl.gz"):
-        with gzip.open(path, "rt", encoding="utf-8") as f:
-            ids.update(json.loads(line)["id"] for line in f)
-    return ids
-
-
 def run_once(name: str, input_file: str, out_root: str) -> float:
     """Seconds for one whole process that runs pipeline ``name`` (a fresh interpreter each time:
     datatrove's cmn_Hani tokenizer, once loaded, cannot be copied into a second run's executor)."""
@@ -127,7 +117,7 @@ def run_once(name: str, input_file: str, out_root: str) -> float:
 
 
 def summarise(name: str, seconds: list[float], out: str, manifest: dict, real_ids: set[str]) -> dict:
-    kept = clean_ids(out)
+    kept = kept_ids(out)
     removed = junk_removed(kept, manifest)
     junk_total = sum(t for _, t in removed.values())
     return {

@@ -1,6 +1,5 @@
 """``ctlab data clean`` end to end on real text: accounting, outputs, reruns, resume after a kill, executors."""
 
-import gzip
 import json
 import os
 import signal
@@ -18,17 +17,14 @@ from ctlab.data.clean import ExecutorOptions, RunConflict, build_phases, make_ex
 from ctlab.data.demo import build_demo_input, junk_removed, kept_ids
 from ctlab.data.readers import BadRecord, CorpusReader, expand_inputs
 from ctlab.data.recipes import load_recipe
+from ctlab.data.steps import read_output
 
 MAPCC_STAGES = ["normalize", "url", "language", "mapcc-rules", "mapcc-repetition", "pii", "similar-lines", "dedup"]
 DEMO_BAD_RECORDS = {"malformed_json": 2, "invalid_utf8": 1, "empty": 1, "binary": 1}
 
 
 def read_jsonl_gz(folder: Path) -> list[dict]:
-    records = []
-    for path in sorted(folder.glob("*.jsonl.gz")):
-        with gzip.open(path, "rt", encoding="utf-8") as f:
-            records.extend(json.loads(line) for line in f)
-    return records
+    return list(read_output(folder))
 
 
 def leftover_temporary_files(out: Path) -> list[Path]:

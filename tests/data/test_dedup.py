@@ -1,7 +1,6 @@
 """Deduplication: the whole-run MinHash + exact pipeline on real articles, and similar-line removal."""
 
 import dataclasses
-import gzip
 import json
 import random
 from pathlib import Path
@@ -11,6 +10,7 @@ import pytest
 from ctlab.data.clean import ExecutorOptions, build_phases, run_clean
 from ctlab.data.dedup import DedupConfig, SimilarLineDedup, dedup_key
 from ctlab.data.recipes import Recipe, load_recipe
+from ctlab.data.steps import read_output
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -156,11 +156,7 @@ def dedup_only(recipe: Recipe) -> Recipe:
 
 
 def read_jsonl_gz(folder: Path) -> list[dict]:
-    records = []
-    for path in sorted(folder.glob("*.jsonl.gz")):
-        with gzip.open(path, "rt", encoding="utf-8") as f:
-            records.extend(json.loads(line) for line in f)
-    return records
+    return list(read_output(folder))
 
 
 # -- the corpus itself is what the tests claim ------------------------------------------------------------

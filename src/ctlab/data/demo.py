@@ -30,6 +30,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from ctlab.data.steps import read_output
+
 JUNK_KINDS = (
     "exact_duplicate",
     "near_duplicate",
@@ -248,11 +250,7 @@ def benchmark_records(seed: int = 0) -> tuple[list[dict], dict]:
 
 def kept_ids(out: str) -> set[str]:
     """Ids of the documents in the clean output of run ``out``."""
-    kept = set()
-    for path in sorted(Path(out, "clean").glob("*.jsonl.gz")):
-        with gzip.open(path, "rt", encoding="utf-8") as f:
-            kept.update(json.loads(line)["id"] for line in f)
-    return kept
+    return {record["id"] for record in read_output(Path(out, "clean"))}
 
 
 def junk_removed(kept: set[str], manifest: dict) -> dict[str, tuple[int, int]]:

@@ -12,7 +12,10 @@ import contextlib
 import gzip
 from abc import abstractmethod
 from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
 
+import orjson
 from datatrove.data import Document, DocumentsPipeline
 from datatrove.pipeline.filters.base_filter import BaseFilter, get_filter_result
 from datatrove.pipeline.writers.jsonl import JsonlWriter
@@ -75,6 +78,13 @@ class RejectsWriter(AtomicJsonlWriter):
     def __init__(self, rejects_folder: str, stage: str):
         super().__init__(f"{rejects_folder}/{stage}", adapter=_reject_adapter)
         self.stage = stage
+
+
+def read_output(folder: str | Path) -> Iterator[dict]:
+    """The records a writer of this module left in ``folder`` (``*.jsonl.gz``, in file order)."""
+    for path in sorted(Path(folder).glob("*.jsonl.gz")):
+        with gzip.open(path, "rb") as f:
+            yield from map(orjson.loads, f)
 
 
 def _clean_adapter(self, document: Document) -> dict:
