@@ -18,7 +18,7 @@ class UsageError(Exception):
 
 
 def _cmd_data_clean(args: argparse.Namespace) -> int:
-    from ctlab.data.clean import ExecutorOptions, RunConflict, retention_table, run_clean
+    from ctlab.data.clean import ExecutorOptions, RunError, plan_clean, retention_table
     from ctlab.data.recipes import RecipeError, load_recipe
 
     try:
@@ -34,11 +34,10 @@ def _cmd_data_clean(args: argparse.Namespace) -> int:
         slurm_time=args.slurm_time,
     )
     try:
-        stats = run_clean(args.inputs, args.out, recipe, options, args.format, progress=not args.no_progress)
-    except FileNotFoundError as err:
-        raise UsageError(f"input not found: {err.args[0] if err.args else err}") from err
-    except (RunConflict, ValueError) as err:
+        run = plan_clean(args.inputs, args.out, recipe, options, args.format, progress=not args.no_progress)
+    except RunError as err:
         raise UsageError(str(err)) from err
+    stats = run.execute()  # from here on, a failure is not the user's mistake: it shows its traceback
     if stats is None:
         print(f"submitted to {args.executor}; {args.out}/stats.json appears when the run is complete")
         return 0

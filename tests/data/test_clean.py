@@ -13,7 +13,15 @@ from pathlib import Path
 import pytest
 
 from ctlab.cli import main
-from ctlab.data.clean import ExecutorOptions, RunConflict, build_phases, make_executors, run_clean
+from ctlab.data.clean import (
+    ExecutorOptions,
+    RunConflict,
+    RunError,
+    build_phases,
+    make_executors,
+    plan_clean,
+    run_clean,
+)
 from ctlab.data.demo import build_demo_input, junk_removed, kept_ids
 from ctlab.data.readers import BadRecord, CorpusReader, expand_inputs
 from ctlab.data.recipes import load_recipe
@@ -376,11 +384,26 @@ def test_slurm_run_submits_every_phase_after_the_previous(tmp_path, inews, monke
 
 def test_bad_options(tmp_path, inews):
     inputs = _tiny_input(tmp_path, inews)
-    with pytest.raises(ValueError, match="at least 1"):
+    with pytest.raises(RunError, match="at least 1"):
         run_clean(inputs, str(tmp_path / "a"), load_recipe("mapcc"), ExecutorOptions(tasks=0))
-    with pytest.raises(FileNotFoundError):
+    with pytest.raises(RunError, match="input not found"):
         run_clean([str(tmp_path / "missing")], str(tmp_path / "b"), load_recipe("mapcc"))
     (tmp_path / "empty").mkdir()
-    with pytest.raises(FileNotFoundError, match="no input files"):
+    with pytest.raises(RunError, match="no input files"):
         run_clean([str(tmp_path / "empty")], str(tmp_path / "c"), load_recipe("mapcc"))
     assert not (tmp_path / "a").exists() and not (tmp_path / "c").exists()
+    (tmp_path / "a-file").write_text("x")
+    with pytest.raises(RunError, match="cannot write"):
+        run_clean(inputs, str(tmp_path / "a-file"), load_recipe("mapcc"))
+
+
+def test_inputs_in_another_order_are_another_run(tmp_path, inews):
+    """Tasks read files[rank::tasks], so the order is part of the run."""
+    first, second = tmp_path / "one.jsonl", tmp_path / "two.jsonl"
+    for path, (_, text) in ((first, inews[0]), (second, inews[1])):
+        path.write_text(json.dumps({"text": text}, ensure_ascii=False) + "\n", encoding="utf-8")
+    out = str(tmp_path / "out")
+    plan_clean([str(first), str(second)], out, load_recipe("mapcc"), ExecutorOptions(tasks=2))
+    with pytest.raises(RunConflict):
+        plan_clean([str(second), str(first)], out, load_recipe("mapcc"), ExecutorOptions(tasks=2))
+    plan_clean([str(first), str(second), str(first)], out, load_recipe("mapcc"), ExecutorOptions(tasks=2))

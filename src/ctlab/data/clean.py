@@ -46,7 +46,11 @@ from ctlab.data.steps import AtomicJsonlWriter, CleanWriter, RejectsWriter
 EXECUTORS = ("local", "slurm", "ray")
 
 
-class RunConflict(ValueError):
+class RunError(ValueError):
+    """A user mistake found before a run starts: bad inputs, options or output directory."""
+
+
+class RunConflict(RunError):
     """The output directory holds a run with other inputs or settings."""
 
 
@@ -178,14 +182,73 @@ def check_run_config(out: str, config: dict) -> None:
     """Write ``DIR/run.json``, or check that an earlier run in DIR had the same config."""
     path = Path(out) / "run.json"
     if path.exists():
-        previous = json.loads(path.read_text(encoding="utf-8"))
+        try:
+            previous = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as err:
+            raise RunError(f"{path} is unreadable ({err}); use another --out or delete it") from err
         if previous != json.loads(json.dumps(config)):
             raise RunConflict(
                 f"{out} holds a run with other inputs or settings (see {path}); use another --out or delete it"
             )
         return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    _atomic_write_json(str(path), config)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _atomic_write_json(str(path), config)
+    except OSError as err:
+        raise RunError(f"cannot write to {out}: {err.strerror or err}") from err
+
+
+@dataclass
+class CleanRun:
+    """A run whose inputs, options and output directory have been checked; :meth:`execute` runs it."""
+
+    out: str
+    kind: str
+    executors: list
+
+    def execute(self) -> dict | None:
+        """The run's stats (None when the phases were submitted to a cluster)."""
+        if self.kind == "local":
+            for executor in self.executors:
+                executor.run()
+            return json.loads((Path(self.out) / "stats.json").read_text(encoding="utf-8"))
+        self.executors[-1].run()
+        return None
+
+
+def plan_clean(
+    inputs: list[str],
+    out: str,
+    recipe: Recipe,
+    options: ExecutorOptions | None = None,
+    input_format: str | None = None,
+    progress: bool = True,
+) -> CleanRun:
+    """Check everything a user gives before any work starts; raises :class:`RunError`."""
+    options = options or ExecutorOptions()
+    if options.tasks < 1 or options.workers < 1:
+        raise RunError("--tasks and --workers must be at least 1")
+    try:
+        files = expand_inputs(inputs)
+    except FileNotFoundError as err:
+        raise RunError(f"input not found: {err.args[0]}") from err
+    if not files:
+        raise RunError(f"no input files in {' '.join(inputs)}")
+    out = os.path.abspath(out)
+    config = {
+        # in order (tasks read files[rank::tasks]); sizes catch most inputs changed in place
+        "inputs": [[f, os.path.getsize(f)] for f in files],
+        "input_format": input_format,
+        "tasks": options.tasks,
+        "recipe": recipe.to_dict(),
+    }
+    check_run_config(out, config)
+    phases = build_phases(recipe, files, out, options.tasks, input_format, progress)
+    try:
+        executors = make_executors(phases, out, options)
+    except ValueError as err:  # an executor's options
+        raise RunError(str(err)) from err
+    return CleanRun(out, options.kind, executors)
 
 
 def run_clean(
@@ -197,28 +260,7 @@ def run_clean(
     progress: bool = True,
 ) -> dict | None:
     """Clean ``inputs`` into ``out`` with ``recipe``; the run's stats (None when submitted to a cluster)."""
-    options = options or ExecutorOptions()
-    if options.tasks < 1 or options.workers < 1:
-        raise ValueError("--tasks and --workers must be at least 1")
-    files = [os.path.abspath(f) for f in expand_inputs(inputs)]
-    if not files:
-        raise FileNotFoundError(f"no input files in {' '.join(inputs)}")
-    out = os.path.abspath(out)
-    config = {
-        "inputs": {f: os.path.getsize(f) for f in files},  # the sizes catch most inputs changed in place
-        "input_format": input_format,
-        "tasks": options.tasks,
-        "recipe": recipe.to_dict(),
-    }
-    check_run_config(out, config)
-    phases = build_phases(recipe, files, out, options.tasks, input_format, progress)
-    executors = make_executors(phases, out, options)
-    if options.kind == "local":
-        for executor in executors:
-            executor.run()
-        return json.loads((Path(out) / "stats.json").read_text(encoding="utf-8"))
-    executors[-1].run()
-    return None
+    return plan_clean(inputs, out, recipe, options, input_format, progress).execute()
 
 
 # -- statistics ---------------------------------------------------------------------------------

@@ -8,8 +8,9 @@ stats) and written to the rejects folder with that kind as its reason.
 Bad-record kinds: ``corrupt_gzip``, ``corrupt_zstd`` (a compressed stream that is
 truncated or damaged: what was read before the damage is kept), ``truncated_warc``,
 ``invalid_utf8``, ``malformed_json``, ``missing_text``, ``empty``, ``binary``,
-``non_html`` (a WARC response that is not a web page), ``corrupt_parquet`` and
-``unknown_format``.
+``non_html`` (a WARC response that is not a web page), ``corrupt_parquet``,
+``unreadable`` and ``unknown_format``. WARC records that are not responses (requests,
+metadata, ...) hold no documents: they are counted as ``skipped_warc_records``.
 """
 
 from __future__ import annotations
@@ -46,7 +47,8 @@ class BadRecord:
 
 
 def expand_inputs(paths: list[str]) -> list[str]:
-    """Files named on the command line plus every non-hidden file under named folders, sorted.
+    """Files named on the command line plus every non-hidden file under named folders (sorted),
+    each once, in the order given.
 
     Raises FileNotFoundError naming the first path that does not exist.
     """
@@ -63,7 +65,7 @@ def expand_inputs(paths: list[str]) -> list[str]:
             files.append(str(path))
         else:
             raise FileNotFoundError(p)
-    return files
+    return list(dict.fromkeys(os.path.abspath(f) for f in files))
 
 
 def _open_decompressed(raw: io.BufferedReader) -> tuple[io.BufferedIOBase, str]:
@@ -168,7 +170,8 @@ _NOT_TEXT_RE = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\ufffd]")
 
 
 def is_binary(text: str) -> bool:
-    """True for text that is really binary data: a NUL, or more than 10% control/replacement characters."""
+    """True for text that is really binary data: a NUL anywhere, or more than 10% control or
+    replacement characters in its first 4,096 characters."""
     if "\x00" in text:
         return True
     sample = text[:4096]
@@ -212,9 +215,9 @@ class CorpusReader(BaseReader):
         if not isinstance(text, str):
             return BadRecord("missing_text", record_id, f"no string field {self.text_key!r}", raw_repr)
         if not text.strip():
-            return BadRecord("empty", record_id, "no text")
+            return BadRecord("empty", record_id, "no text", raw_repr)
         if is_binary(text):
-            return BadRecord("binary", record_id, "control characters or NUL in text")
+            return BadRecord("binary", record_id, "control characters or NUL in text", raw_repr)
         return Document(text=text, id=record_id, metadata=metadata)
 
     def _read_jsonl(self, stream, path: str) -> Iterator[Document | BadRecord]:
@@ -270,6 +273,7 @@ class CorpusReader(BaseReader):
                 yield BadRecord("truncated_warc", record_id, detail)
                 continue
             if record.rec_type != "response":
+                self.stat_update("skipped_warc_records")
                 continue
             content_type = record.http_headers.get_header("Content-Type", "") if record.http_headers else ""
             if content_type and "html" not in content_type.lower():
@@ -309,7 +313,12 @@ class CorpusReader(BaseReader):
         if fmt is None:
             yield BadRecord("unknown_format", path, "not WARC, JSONL or Parquet")
             return
-        with open(path, "rb") as raw_file:
+        try:
+            raw_file = open(path, "rb")
+        except OSError as err:  # vanished or unreadable since the run started
+            yield BadRecord("unreadable", path, f"{type(err).__name__}: {err}")
+            return
+        with raw_file:
             raw = io.BufferedReader(raw_file)
             stream, compression = _open_decompressed(raw)
             read = {"warc": self._read_warc, "jsonl": self._read_jsonl, "parquet": self._read_parquet}[fmt]

@@ -2,8 +2,10 @@
 keeps per-stage accounting (documents and characters in and out, drops by reason) and
 writes every dropped document to ``rejects/<stage>/`` with its stage and reason.
 
-Also the two writers of a run: rejects, and atomic JSONL output (a file appears under its
-final name only once complete, so a killed task never leaves a half-written output).
+Also the writers of a run: clean output, rejects, and the JSONL writer under both, which
+writes under a temporary name and renames when the task closes it, so a killed task never
+leaves a half-written file under a final name (a task that fails closes, and renames, what
+it wrote; its rerun writes the file anew).
 """
 
 from __future__ import annotations
@@ -83,6 +85,8 @@ class RejectsWriter(AtomicJsonlWriter):
 def read_output(folder: str | Path) -> Iterator[dict]:
     """The records a writer of this module left in ``folder`` (``*.jsonl.gz``, in file order)."""
     for path in sorted(Path(folder).glob("*.jsonl.gz")):
+        if path.name.startswith(TMP_PREFIX):  # unfinished
+            continue
         with gzip.open(path, "rb") as f:
             yield from map(orjson.loads, f)
 

@@ -10,12 +10,10 @@ Fractions count *positions*: a character covered by several duplicated n-grams c
 
 from __future__ import annotations
 
-from collections import Counter
-from functools import lru_cache
-
 import numpy as np
+import rjieba
 
-_BASE = np.uint64(0x100000001B3)
+HASH_BASE = 0x100000001B3  # odd, so invertible modulo 2^64
 
 
 def codepoints(text: str) -> np.ndarray:
@@ -31,7 +29,7 @@ def ngram_hashes(units: np.ndarray, n: int) -> np.ndarray:
     h = units[:count].copy()
     with np.errstate(over="ignore"):
         for j in range(1, n):
-            h = h * _BASE + units[j : j + count] + np.uint64(j)
+            h = h * np.uint64(HASH_BASE) + units[j : j + count] + np.uint64(j)
     return h
 
 
@@ -91,18 +89,6 @@ def entropy(counts, total: int) -> float:
     return float(-(p * np.log(p)).sum())
 
 
-def char_entropy(text: str) -> float:
-    """Shannon entropy (natural log) of the character unigram distribution of ``text``."""
-    return entropy(Counter(text).values(), len(text)) if text else 0.0
-
-
-@lru_cache(maxsize=1)
-def _segmenter():
-    import rjieba
-
-    return rjieba
-
-
 def remember_last(function):
     """Cache the result for the last argument (by identity): consecutive stages ask about the same text."""
     last: list = [None, None]
@@ -121,4 +107,4 @@ def remember_last(function):
 def zh_words(text: str) -> list[str]:
     """Words of ``text`` by jieba (jieba-rs, the Rust port with jieba's dictionary and HMM),
     stripped, without whitespace tokens: what datatrove's cmn_Hani word tokenizer yields."""
-    return [w for w in map(str.strip, _segmenter().cut(text)) if w]
+    return [w for w in map(str.strip, rjieba.cut(text)) if w]

@@ -62,19 +62,22 @@ def langid_identifier():
     identifier = LanguageIdentifier.from_modelstring(model, norm_probs=True)
     states = sorted(identifier.tk_output)
     lists = [identifier.tk_output[state] for state in states]
-    cache.parent.mkdir(parents=True, exist_ok=True)
-    partial = cache.with_suffix(f".{os.getpid()}.npz")
-    np.savez(
-        partial,
-        nb_ptc=identifier.nb_ptc,
-        nb_pc=identifier.nb_pc,
-        nb_classes=np.array(identifier.nb_classes),
-        tk_nextmove=np.asarray(identifier.tk_nextmove, dtype=np.int64),
-        out_states=np.array(states, dtype=np.int64),
-        out_offsets=np.cumsum([0, *map(len, lists)]),
-        out_indices=np.array([i for indices in lists for i in indices], dtype=np.int64),
-    )
-    os.replace(partial, cache)
+    try:  # a read-only cache only costs the unpacking again
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        partial = cache.with_suffix(f".{os.getpid()}.npz")
+        np.savez(
+            partial,
+            nb_ptc=identifier.nb_ptc,
+            nb_pc=identifier.nb_pc,
+            nb_classes=np.array(identifier.nb_classes),
+            tk_nextmove=np.asarray(identifier.tk_nextmove, dtype=np.int64),
+            out_states=np.array(states, dtype=np.int64),
+            out_offsets=np.cumsum([0, *map(len, lists)]),
+            out_indices=np.array([i for indices in lists for i in indices], dtype=np.int64),
+        )
+        os.replace(partial, cache)
+    except OSError:
+        pass
     return identifier
 
 

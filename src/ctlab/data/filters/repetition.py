@@ -18,7 +18,7 @@ from datatrove.data import Document
 from datatrove.pipeline.filters.gopher_repetition_filter import find_duplicates
 
 from ctlab.data.steps import CleaningStep
-from ctlab.data.textstats import codepoints, zh_words
+from ctlab.data.textstats import HASH_BASE, codepoints, zh_words
 
 PARAGRAPH_RE = re.compile(r"\n{2,}")
 LINE_RE = re.compile(r"\n+")
@@ -103,7 +103,6 @@ def top_ngram_chars(ids: np.ndarray, lengths: np.ndarray, n: int) -> int:
     return int(top) * (int(lengths[start : start + n].sum()) + n - 1)
 
 
-_BASE = 0x100000001B3
 _MASK = (1 << 64) - 1
 
 
@@ -112,7 +111,7 @@ class _PrefixHashes:
 
     def __init__(self, text: str):
         codes = codepoints(text)  # (C,)
-        base, inverse = np.uint64(_BASE), np.uint64(pow(_BASE, -1, 1 << 64))
+        base, inverse = np.uint64(HASH_BASE), np.uint64(pow(HASH_BASE, -1, 1 << 64))
         with np.errstate(over="ignore"):
             one, zero = np.ones(1, dtype=np.uint64), np.zeros(1, dtype=np.uint64)
             self.powers = np.concatenate((one, np.cumprod(np.full(len(codes), base))))  # B^k, k = 0..C

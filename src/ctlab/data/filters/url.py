@@ -50,8 +50,11 @@ class HashedLines:
                 lines = (line.strip() for line in f if line[0] != "#")
                 self._hashes = np.unique(np.fromiter(map(_hash, lines), dtype=np.uint64))
             partial = f"{cache}.{os.getpid()}.npy"
-            np.save(partial, self._hashes)
-            os.replace(partial, cache)
+            try:  # a read-only cache only costs the hashing again
+                np.save(partial, self._hashes)
+                os.replace(partial, cache)
+            except OSError:
+                pass
         self._extra = set(extra)
 
     def __contains__(self, item: str) -> bool:
