@@ -22,9 +22,10 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import types
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, get_type_hints
+from typing import Any, Union, get_args, get_origin, get_type_hints
 
 import yaml
 
@@ -101,21 +102,55 @@ def _apply(obj: Any, overrides: dict, where: str) -> Any:
     return dataclasses.replace(obj, **changes)
 
 
+def _matches(value: Any, hint: Any) -> bool:
+    """Whether a YAML value fits a field's type (``float | None``, ``dict[int, float]``, ``list[str]``...)."""
+    origin, args = get_origin(hint), get_args(hint)
+    if origin in (Union, types.UnionType):
+        return any(_matches(value, arg) for arg in args)
+    if hint is type(None):
+        return value is None
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint in (int, float):  # an int fits a float field; a bool fits neither
+        return isinstance(value, int if hint is int else (int, float)) and not isinstance(value, bool)
+    if hint is str:
+        return isinstance(value, str)
+    if origin is list:
+        return isinstance(value, list) and all(_matches(item, args[0]) for item in value)
+    if origin is dict:
+        return isinstance(value, dict) and all(_matches(k, args[0]) and _matches(v, args[1]) for k, v in value.items())
+    return False
+
+
 def _check_value(value: Any, hint: Any, where: str) -> Any:
-    text = str(hint)
-    allowed: list[type] = []
-    for name, kind in (("bool", bool), ("int", int), ("float", float), ("str", str), ("list", list), ("dict", dict)):
-        if name in text:
-            allowed.append(kind)
-    if value is None and ("None" in text or "Optional" in text):
-        return None
-    if isinstance(value, bool) and bool not in allowed:
-        raise RecipeError(f"{where}: expected {text}, got {value!r}")
-    if isinstance(value, int) and not isinstance(value, bool) and float in allowed and int not in allowed:
-        return float(value)
-    if not any(isinstance(value, kind) for kind in allowed):
-        raise RecipeError(f"{where}: expected {text}, got {value!r}")
+    if not _matches(value, hint):
+        expected = hint.__name__ if isinstance(hint, type) else str(hint)
+        raise RecipeError(f"{where}: expected {expected}, got {value!r}")
     return value
+
+
+_AT_LEAST_ONE = {
+    "dedup": ("ngram", "bands", "rows"),
+    "language": ("chars_checked",),
+    "mapcc_rules": ("min_chars", "max_chars", "min_sentences"),
+}
+
+
+def _validate(recipe: Recipe, where: str) -> Recipe:
+    """Values every stage needs to make sense; raises :class:`RecipeError`."""
+    for stage, names in _AT_LEAST_ONE.items():
+        for name in names:
+            if getattr(getattr(recipe, stage), name) < 1:
+                raise RecipeError(f"{where}: {stage}.{name} must be at least 1")
+    for stage, name in (
+        ("mapcc_repetition", "max_top_ngram_fraction"),
+        ("mapcc_repetition", "max_duplicate_ngram_fraction"),
+        ("repetition", "top_ngrams"),
+        ("repetition", "dup_ngrams"),
+    ):
+        if any(n < 1 for n in getattr(getattr(recipe, stage), name)):
+            raise RecipeError(f"{where}: {stage}.{name} has an n-gram size below 1")
+    return recipe
 
 
 def load_recipe(spec: str) -> Recipe:
@@ -135,10 +170,10 @@ def load_recipe(spec: str) -> Recipe:
         raise RecipeError(f"{spec}: a recipe file is a mapping of stage names to settings")
     data = copy.deepcopy(data)
     base = data.pop("base", "mapcc")
-    if base not in BUILTIN:
+    if not isinstance(base, str) or base not in BUILTIN:
         raise RecipeError(f"{spec}: unknown base recipe {base!r} (built-in: {', '.join(BUILTIN)})")
     data.setdefault("name", path.stem)
-    return _apply(BUILTIN[base](), data, path.name)
+    return _validate(_apply(BUILTIN[base](), data, path.name), path.name)
 
 
 def describe(recipe: Recipe) -> list[tuple[str, str]]:
