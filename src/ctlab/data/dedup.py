@@ -25,7 +25,6 @@ distance of ``max_edit_ratio`` × the longer length.
 
 from __future__ import annotations
 
-import contextlib
 import heapq
 import re
 import struct
@@ -43,7 +42,7 @@ from datatrove.pipeline.dedup.minhash import MinhashConfig, MinhashDedupSignatur
 from datatrove.utils.hashing import HashConfig
 from rapidfuzz.distance import Levenshtein
 
-from ctlab.data.steps import CleaningStep, RejectsWriter
+from ctlab.data.steps import CleaningStep
 from ctlab.data.textstats import codepoints, ngram_hashes, remember_last
 
 
@@ -239,50 +238,39 @@ class DedupCluster(PipelineStep):
             self.stat_update("to_remove", value=len(items))
 
 
-class DedupFilter(PipelineStep):
-    """Reads shard ``RANK`` of the filtered documents and drops the cluster stage's removals.
-
-    Stats as every cleaning stage: ``docs_in/out``, ``chars_in/out``, ``dropped/<reason>``.
-    """
+class DedupFilter(CleaningStep):
+    """Reads shard ``RANK`` of the filtered documents and drops the cluster stage's removals,
+    accounted and rejected like every cleaning stage."""
 
     name = "dedup"
     type = "🫂 - DEDUP"
 
     def __init__(self, filtered_folder: str, work_folder: str, rejects_folder: str | None = None):
-        super().__init__()
+        super().__init__(rejects_folder)
         self.filtered_folder = filtered_folder
         self.work_folder = work_folder
-        self.rejects = RejectsWriter(rejects_folder, self.name) if rejects_folder else None
+        self._removals: dict[int, int] = {}  # position in the shard → reason code
+        self._position = 0
 
-    def _removals(self, rank: int) -> dict[int, int]:
-        folder = get_datafolder(f"{self.work_folder}/remove")
-        name = f"{rank:05d}.bin"
-        return dict(_read_records(folder, name, REMOVE_RECORD)) if folder.exists(name) else {}
-
-    def run(self, data: DocumentsPipeline = None, rank: int = 0, world_size: int = 1) -> DocumentsPipeline:
+    def _shard(self, rank: int) -> Iterator[Document]:
         folder = get_datafolder(self.filtered_folder)
         name = f"{rank:05d}.jsonl"
-        if not folder.exists(name):
-            return
-        removals = self._removals(rank)
-        with (
-            self.rejects if self.rejects else contextlib.nullcontext() as rejects,
-            folder.open(name, "rb") as f,
-        ):
-            for index, line in enumerate(f):
-                doc = Document(**orjson.loads(line))
-                self.stat_update("docs_in")
-                self.stat_update("chars_in", value=len(doc.text))
-                reason = REASONS.get(removals.get(index, 0))
-                if reason is None:
-                    self.stat_update("docs_out")
-                    self.stat_update("chars_out", value=len(doc.text))
-                    yield doc
-                    continue
-                self.stat_update(f"dropped/{reason}")
-                if rejects:
-                    doc.metadata["reason"] = reason
-                    rejects.write(doc, rank)
+        if folder.exists(name):
+            with folder.open(name, "rb") as f:
+                for line in f:
+                    yield Document(**orjson.loads(line))
+
+    def process(self, doc: Document) -> bool | tuple[bool, str]:
+        reason = REASONS.get(self._removals.get(self._position, 0))
+        self._position += 1
+        return True if reason is None else (False, reason)
+
+    def run(self, data: DocumentsPipeline = None, rank: int = 0, world_size: int = 1) -> DocumentsPipeline:
+        folder = get_datafolder(f"{self.work_folder}/remove")
+        name = f"{rank:05d}.bin"
+        self._removals = dict(_read_records(folder, name, REMOVE_RECORD)) if folder.exists(name) else {}
+        self._position = 0
+        yield from super().run(self._shard(rank), rank, world_size)
 
 
 class SimilarLineDedup(CleaningStep):
