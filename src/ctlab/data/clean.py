@@ -242,12 +242,12 @@ def plan_clean(
         "tasks": options.tasks,
         "recipe": recipe.to_dict(),
     }
-    check_run_config(out, config)
     phases = build_phases(recipe, files, out, options.tasks, input_format, progress)
     try:
         executors = make_executors(phases, out, options)
     except ValueError as err:  # an executor's options
         raise RunError(str(err)) from err
+    check_run_config(out, config)  # last: a run refused above leaves no run.json behind
     return CleanRun(out, options.kind, executors)
 
 
