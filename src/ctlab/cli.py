@@ -62,6 +62,59 @@ def _cmd_data_recipes(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_tokenizer_train(args: argparse.Namespace) -> int:
+    from ctlab.tokenizer.train import train
+
+    try:
+        summary = train(args.corpus, args.out, args.vocab_size, args.min_frequency, progress=not args.no_progress)
+    except FileNotFoundError as err:
+        raise UsageError(f"input not found: {err}") from err
+    except ValueError as err:
+        raise UsageError(str(err)) from err
+    except OSError as err:
+        raise UsageError(f"cannot write {args.out}: {err.strerror}") from err
+    bad = sum(summary["bad_records"].values())
+    print(
+        f"trained a {summary['vocab_size']:,}-token byte-level BPE on {summary['documents']:,} documents "
+        f"({summary['characters']:,} characters, {bad} bad records skipped) in {summary['seconds']} s"
+    )
+    print(f"tokenizer: {args.out} (loads with transformers.AutoTokenizer.from_pretrained)")
+    return 0
+
+
+def _cmd_data_tokenize(args: argparse.Namespace) -> int:
+    from ctlab.tokens.tokenize import TokenizeError, mix_table, parse_sources, tokenize
+
+    try:
+        sources = parse_sources(args.sources, args.mix)
+        manifest = tokenize(sources, args.tokenizer, args.out, args.workers, args.seed, not args.no_progress)
+    except TokenizeError as err:
+        raise UsageError(str(err)) from err
+    print(mix_table(manifest))
+    print(
+        f"tokens: {args.out} ({manifest['selected_documents']:,} documents, "
+        f"{manifest['selected_tokens']:,} tokens, {manifest['dtype']})"
+    )
+    return 0
+
+
+def _cmd_data_pack(args: argparse.Namespace) -> int:
+    from ctlab.tokens.packed import stats_table, write_packing
+    from ctlab.tokens.store import StoreError
+
+    if args.seq_len < 2:
+        raise UsageError("--seq-len must be at least 2")
+    try:
+        stats = write_packing(args.tokens, args.out, args.seq_len, args.strategy)
+    except StoreError as err:
+        raise UsageError(str(err)) from err
+    except OSError as err:
+        raise UsageError(f"cannot write {args.out}: {err.strerror}") from err
+    print(stats_table(stats))
+    print(f"packed: {args.out}")
+    return 0
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from ctlab.data.clean import ExecutorOptions, retention_table, run_clean
     from ctlab.data.demo import build_demo_input, junk_removed, kept_ids
@@ -128,6 +181,55 @@ def build_parser() -> argparse.ArgumentParser:
     recipes = data_commands.add_parser("recipes", help="list the built-in recipes and their thresholds")
     recipes.add_argument("recipe", nargs="?", help="a recipe name or YAML file (default: all built-in)")
     recipes.set_defaults(handler=_cmd_data_recipes)
+
+    tokenize = data_commands.add_parser(
+        "tokenize",
+        help="tokenise clean corpora into token shards, mixing sources by weight",
+        description="Tokenise each SOURCE into DIR/shards ([BOS] text [EOS] per document) and choose the mix. "
+        "Rerunning the same command resumes; another --mix or --seed only re-chooses the mix.",
+    )
+    tokenize.add_argument(
+        "sources",
+        nargs="+",
+        metavar="SOURCE",
+        help="NAME=PATH (repeat a NAME for more paths) or PATH; a PATH is a JSONL/Parquet file, a folder, "
+        "or a `ctlab data clean` output folder",
+    )
+    tokenize.add_argument("--tokenizer", required=True, metavar="DIR", help="tokenizer folder (tokenizer.json)")
+    tokenize.add_argument("--out", required=True, metavar="DIR", help="output tokens folder")
+    tokenize.add_argument("--mix", metavar="NAME=W,...", help="token shares by source, e.g. zh=2.8,en=1,code=0.3")
+    tokenize.add_argument("--workers", type=int, default=1, help="parallel processes (default: 1)")
+    tokenize.add_argument("--seed", type=int, default=0, help="seed of the mix's document sampling (default: 0)")
+    tokenize.add_argument("--no-progress", action="store_true", help="no progress bar")
+    tokenize.set_defaults(handler=_cmd_data_tokenize)
+
+    pack = data_commands.add_parser(
+        "pack",
+        help="pack token shards into fixed-length training sequences",
+        description="Pack the documents of a tokens folder into sequences of --seq-len tokens. bfd "
+        "(Best-Fit-Decreasing) cuts only documents longer than --seq-len; concat cuts the stream every "
+        "--seq-len tokens. Writes references to the tokens and DIR/pack_stats.json.",
+    )
+    pack.add_argument("tokens", metavar="TOKENS", help="tokens folder from `ctlab data tokenize`")
+    pack.add_argument("--seq-len", type=int, required=True, metavar="L", help="tokens per sequence")
+    pack.add_argument("--strategy", choices=("bfd", "concat"), default="bfd", help="packing strategy (default: bfd)")
+    pack.add_argument("--out", required=True, metavar="DIR", help="output packed folder")
+    pack.set_defaults(handler=_cmd_data_pack)
+
+    tokenizer = commands.add_parser("tokenizer", help="stage 2: train and compare tokenizers")
+    tokenizer_commands = tokenizer.add_subparsers(dest="tokenizer_command", metavar="COMMAND", required=True)
+    train = tokenizer_commands.add_parser(
+        "train",
+        help="train a byte-level BPE tokenizer on a corpus",
+        description="Train a byte-level BPE (Han runs kept whole, digits split) with BOS/EOS/PAD and chat-role "
+        "tokens and a chat template; DIR loads with transformers.AutoTokenizer.from_pretrained.",
+    )
+    train.add_argument("corpus", nargs="+", metavar="CORPUS", help="JSONL/Parquet files, folders or clean output")
+    train.add_argument("--out", required=True, metavar="DIR", help="output tokenizer folder")
+    train.add_argument("--vocab-size", type=int, required=True, metavar="N", help="vocabulary size")
+    train.add_argument("--min-frequency", type=int, default=2, help="least count of a merged pair (default: 2)")
+    train.add_argument("--no-progress", action="store_true", help="no progress bars")
+    train.set_defaults(handler=_cmd_tokenizer_train)
     return parser
 
 

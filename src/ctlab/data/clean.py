@@ -42,6 +42,7 @@ from ctlab.data.normalize import MaskPII, Normalize
 from ctlab.data.readers import CorpusReader, expand_inputs
 from ctlab.data.recipes import Recipe
 from ctlab.data.steps import AtomicJsonlWriter, CleanWriter, RejectsWriter
+from ctlab.report.tables import text_table
 
 EXECUTORS = ("local", "slurm", "ray")
 
@@ -354,16 +355,10 @@ def retention_table(stats: dict) -> str:
                 ", ".join(f"{k} {v:,}" for k, v in reasons),
             )
         )
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    lines = [
-        "  ".join(c.ljust(w) if i in (0, 6) else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths, strict=True)))
-        for r in rows
-    ]
-    lines.insert(1, "-" * len(lines[0]))
     bad = ", ".join(f"{k} {v:,}" for k, v in stats["bad_records"].items()) or "none"
     summary = (
         f"recipe {stats['recipe']}: {stats['input_docs']:,} documents read from {stats['input_files']} files, "
         f"{stats['output_docs']:,} kept "
         f"({100 * stats['output_docs'] / max(stats['input_docs'], 1):.1f}%); bad records: {bad}"
     )
-    return "\n".join([*lines, summary])
+    return "\n".join([text_table(rows, left=(0, 6)), summary])

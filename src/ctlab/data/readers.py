@@ -68,6 +68,19 @@ def expand_inputs(paths: list[str]) -> list[str]:
     return list(dict.fromkeys(os.path.abspath(f) for f in files))
 
 
+def corpus_files(paths: list[str]) -> list[str]:
+    """Like :func:`expand_inputs`, except that the folder of a ``ctlab data clean`` run stands for
+    its clean documents only (``clean/*.jsonl.gz``), so later stages can be pointed at a run."""
+    files: list[str] = []
+    for p in paths:
+        clean = Path(p, "clean")
+        if Path(p, "run.json").is_file() and clean.is_dir():
+            files.extend(str(f) for f in sorted(clean.glob("*.jsonl.gz")) if not f.name.startswith("."))
+        else:
+            files.extend(expand_inputs([p]))
+    return list(dict.fromkeys(os.path.abspath(f) for f in files))
+
+
 def _open_decompressed(raw: io.BufferedReader) -> tuple[io.BufferedIOBase, str]:
     """The decompressed byte stream of ``raw`` and its compression name ("", "gzip", "zstd")."""
     head = raw.peek(4)[:4]

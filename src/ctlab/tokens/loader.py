@@ -1,0 +1,110 @@
+"""Training batches from a packed folder: shuffled, sharded over data-parallel ranks, resumable.
+
+The loader reads an endless *stream* of sequence indices: epoch ``e`` is a permutation of all
+sequences drawn from ``(seed, e)``, and epochs follow one another. Global batch ``k`` is stream
+positions ``[k·B·W, (k+1)·B·W)`` (B = per-rank batch, W = world size); rank ``r`` takes the
+``r``-th block of B. So every rank always gets full batches, each epoch visits every sequence
+exactly once across ranks, and the whole state is one integer (the stream position), which
+stays valid when a run resumes with another world size at the same global batch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+import torch
+
+from ctlab.tokens.packed import PackedDataset
+
+
+def collate(samples: list[dict[str, np.ndarray]]) -> dict[str, torch.Tensor]:
+    """Stack samples into a batch: ``input_ids``, ``labels``, ``position_ids`` (B, L) int64;
+    ``cu_seqlens`` (n + 1,) int32, the segment boundaries over the flattened B·L tokens (what
+    variable-length attention takes), and ``max_seqlen``, the longest segment."""
+    seq_len = len(samples[0]["input_ids"])
+    lengths = np.concatenate([s["seqlens"] for s in samples])
+    cu_seqlens = np.zeros(len(lengths) + 1, dtype=np.int32)
+    np.cumsum(lengths, out=cu_seqlens[1:])
+    assert cu_seqlens[-1] == seq_len * len(samples)
+    return {
+        "input_ids": torch.from_numpy(np.stack([s["input_ids"] for s in samples])),
+        "labels": torch.from_numpy(np.stack([s["labels"] for s in samples])),
+        "position_ids": torch.from_numpy(np.stack([s["position_ids"] for s in samples])),
+        "cu_seqlens": torch.from_numpy(cu_seqlens),
+        "max_seqlen": int(lengths.max()),
+    }
+
+
+class PackedLoader:
+    """Endless iterator of batches for one rank (see the module docstring).
+
+    Args:
+        dataset: a :class:`PackedDataset` (or its folder).
+        batch_size: sequences per batch on this rank.
+        seed: shuffling seed, the same on every rank.
+        rank, world_size: this process's place among the data-parallel ranks.
+        position: stream position to start from (``state_dict()["position"]`` of a saved run).
+    """
+
+    def __init__(
+        self,
+        dataset: PackedDataset | str,
+        batch_size: int,
+        seed: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+        position: int = 0,
+    ):
+        self.dataset = dataset if isinstance(dataset, PackedDataset) else PackedDataset(dataset)
+        if len(self.dataset) == 0:
+            raise ValueError("the packed folder holds no sequences")
+        if batch_size < 1 or world_size < 1 or not 0 <= rank < world_size:
+            raise ValueError(f"bad loader shape: batch_size={batch_size}, rank={rank}, world_size={world_size}")
+        self.batch_size = batch_size
+        self.seed = seed
+        self.rank = rank
+        self.world_size = world_size
+        self.position = position
+        self._epoch = -1
+        self._permutation = np.zeros(0, dtype=np.int64)
+
+    @property
+    def global_batch_size(self) -> int:
+        return self.batch_size * self.world_size
+
+    @property
+    def epoch(self) -> float:
+        """Epochs consumed so far (fractional)."""
+        return self.position / len(self.dataset)
+
+    def _index(self, position: int) -> int:
+        epoch, offset = divmod(position, len(self.dataset))
+        if epoch != self._epoch:
+            self._permutation = np.random.default_rng([self.seed, epoch]).permutation(len(self.dataset))
+            self._epoch = epoch
+        return int(self._permutation[offset])
+
+    def next_indices(self) -> list[int]:
+        """The sequence indices of this rank's next batch; advances the stream by a global batch."""
+        first = self.position + self.rank * self.batch_size
+        indices = [self._index(p) for p in range(first, first + self.batch_size)]
+        self.position += self.global_batch_size
+        return indices
+
+    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+        return self
+
+    def __next__(self) -> dict[str, torch.Tensor]:
+        return collate([self.dataset[i] for i in self.next_indices()])
+
+    def state_dict(self) -> dict[str, int]:
+        return {"position": self.position, "seed": self.seed, "global_batch_size": self.global_batch_size}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        if state["seed"] != self.seed or state["global_batch_size"] != self.global_batch_size:
+            raise ValueError(
+                f"loader state is for seed {state['seed']} and global batch {state['global_batch_size']}, "
+                f"not seed {self.seed} and global batch {self.global_batch_size}"
+            )
+        self.position = state["position"]

@@ -1,0 +1,369 @@
+"""``ctlab data tokenize``: clean corpora → token shards, with several sources mixed by weight.
+
+Each input file becomes one shard (so the result does not depend on the number of workers),
+tokenised in parallel worker processes and written under temporary names; a shard is complete
+once its ``.json`` exists, so an interrupted run resumes where it stopped. Bad input records
+are counted per kind, never silently skipped.
+
+Mixing: ``--mix zh=2.8,en=1,code=0.3`` asks for those shares of *tokens*. The source that is
+shortest relative to its weight is used whole and the others are sampled down (whole
+documents, a seeded shuffle), so every share is met as closely as whole documents allow; the
+mix actually produced, and the tokens left out, are reported.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from multiprocessing import get_context
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from ctlab.data.readers import BadRecord, CorpusReader, corpus_files
+from ctlab.report.tables import text_table
+from ctlab.tokens.store import FORMAT, MANIFEST
+
+RUN_FILE = "run.json"
+BATCH_DOCUMENTS = 512
+_SOURCE_NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
+
+
+class TokenizeError(ValueError):
+    """A user mistake in a tokenize request (bad source spec, missing input, conflicting run)."""
+
+
+@dataclass
+class Source:
+    name: str
+    inputs: list[str]
+    weight: float | None = None
+    files: list[str] = field(default_factory=list)
+
+
+def parse_sources(specs: list[str], mix: str | None) -> list[Source]:
+    """``NAME=PATH`` (or a bare PATH: source ``corpus``) specs, repeatable per name, and an
+    optional ``NAME=WEIGHT,...`` mix naming every source."""
+    sources: dict[str, Source] = {}
+    for spec in specs:
+        name, _, path = spec.rpartition("=") if "=" in spec else ("corpus", "", spec)
+        if not _SOURCE_NAME.match(name):
+            raise TokenizeError(f"bad source name {name!r} in {spec!r} (letters, digits, '_', '-', '.')")
+        sources.setdefault(name, Source(name, [])).inputs.append(path)
+    if mix:
+        weights: dict[str, float] = {}
+        for item in mix.split(","):
+            name, _, value = item.partition("=")
+            try:
+                weights[name.strip()] = float(value)
+            except ValueError:
+                raise TokenizeError(f"bad mix entry {item!r}: expected NAME=WEIGHT") from None
+        if set(weights) != set(sources):
+            raise TokenizeError(f"--mix names {sorted(weights)} but the sources are {sorted(sources)}")
+        if any(w <= 0 or not np.isfinite(w) for w in weights.values()):
+            raise TokenizeError("mix weights must be positive numbers")
+        for name, weight in weights.items():
+            sources[name].weight = weight
+    for source in sources.values():
+        try:
+            source.files = corpus_files(source.inputs)
+        except FileNotFoundError as err:
+            raise TokenizeError(f"input not found: {err}") from None
+        if not source.files:
+            raise TokenizeError(f"source {source.name!r} has no input files")
+    return list(sources.values())
+
+
+@dataclass
+class TokenizerInfo:
+    """What a tokens folder needs to know about its tokenizer (read without transformers)."""
+
+    path: str
+    vocab_size: int
+    bos_id: int | None
+    eos_id: int
+    pad_id: int
+    sha256: str
+
+    @classmethod
+    def load(cls, folder: str) -> TokenizerInfo:
+        from tokenizers import Tokenizer
+
+        from ctlab.tokenizer.train import file_digest
+
+        tokenizer_json = Path(folder, "tokenizer.json")
+        if not tokenizer_json.is_file():
+            raise TokenizeError(f"{folder} holds no tokenizer.json (train one with `ctlab tokenizer train`)")
+        config_path = Path(folder, "tokenizer_config.json")
+        config = json.loads(config_path.read_text()) if config_path.is_file() else {}
+        tokenizer = Tokenizer.from_file(str(tokenizer_json))
+
+        def special(key: str) -> int | None:
+            token = config.get(key)
+            token = token.get("content") if isinstance(token, dict) else token
+            return tokenizer.token_to_id(token) if token else None
+
+        eos = special("eos_token")
+        if eos is None:
+            raise TokenizeError(f"the tokenizer in {folder} has no eos_token in tokenizer_config.json")
+        pad = special("pad_token")
+        return cls(
+            str(tokenizer_json.absolute()),
+            tokenizer.get_vocab_size(with_added_tokens=True),
+            special("bos_token"),
+            eos,
+            eos if pad is None else pad,
+            file_digest(tokenizer_json),
+        )
+
+    @property
+    def dtype(self) -> str:
+        return "uint16" if self.vocab_size <= 1 << 16 else "uint32"
+
+
+def _atomic_write_bytes(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".tmp.{path.name}")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+def _atomic_save_npy(path: Path, array: np.ndarray) -> None:
+    tmp = path.with_name(f".tmp.{path.name}")
+    with open(tmp, "wb") as f:
+        np.save(f, array)
+    os.replace(tmp, path)
+
+
+_worker_tokenizer = None
+
+
+def _init_worker(tokenizer_json: str, threads: int | None) -> None:
+    if threads is not None:  # before tokenizers starts its thread pool in this process
+        os.environ["RAYON_NUM_THREADS"] = str(threads)
+    global _worker_tokenizer
+    from tokenizers import Tokenizer
+
+    _worker_tokenizer = Tokenizer.from_file(tokenizer_json)
+    _worker_tokenizer.encode_special_tokens = True  # "<|endoftext|>" in a document is text, not EOS
+
+
+def tokenize_file(path: str, shard_path: str, bos_id: int | None, eos_id: int, dtype: str) -> dict:
+    """Tokenise every document of ``path`` into ``shard_path``.{bin,idx.npy,json}; returns the shard's
+    record (also written as its .json, last, which marks the shard complete)."""
+    shard = Path(shard_path)
+    reader = CorpusReader([path], progress=False)
+    offsets = [0]
+    bad: dict[str, int] = {}
+    characters = 0
+    tmp_bin = shard.with_name(f".tmp.{shard.name}.bin")
+    prefix = [] if bos_id is None else [bos_id]
+
+    def flush(texts: list[str], out) -> None:
+        for encoding in _worker_tokenizer.encode_batch_fast(texts, add_special_tokens=False):
+            ids = np.array([*prefix, *encoding.ids, eos_id], dtype=dtype)
+            out.write(ids.tobytes())
+            offsets.append(offsets[-1] + len(ids))
+
+    with open(tmp_bin, "wb") as out:
+        batch: list[str] = []
+        for item in reader.read_file(path):
+            if isinstance(item, BadRecord):
+                bad[item.kind] = bad.get(item.kind, 0) + 1
+                continue
+            batch.append(item.text)
+            characters += len(item.text)
+            if len(batch) == BATCH_DOCUMENTS:
+                flush(batch, out)
+                batch = []
+        flush(batch, out)
+    os.replace(tmp_bin, shard.with_name(shard.name + ".bin"))
+    _atomic_save_npy(shard.with_name(shard.name + ".idx.npy"), np.array(offsets, dtype=np.int64))
+    record = {
+        "name": shard.name,
+        "input": path,
+        "input_bytes": os.path.getsize(path),
+        "documents": len(offsets) - 1,
+        "tokens": offsets[-1],
+        "characters": characters,
+        "bad_records": bad,
+    }
+    _atomic_write_bytes(shard.with_name(shard.name + ".json"), json.dumps(record, indent=1).encode())
+    return record
+
+
+def _tokenize_unit(args: tuple) -> dict:
+    return tokenize_file(*args)
+
+
+def choose_mix(sources: list[dict], seed: int) -> list[np.ndarray]:
+    """Per source, the indices of the documents kept by the mix (all of them without weights).
+
+    ``sources``: dicts with ``weight`` (None or > 0) and ``lengths`` ((documents,) tokens each).
+    """
+    totals = [int(s["lengths"].sum()) for s in sources]
+    if any(s["weight"] is None for s in sources):
+        return [np.arange(len(s["lengths"]), dtype=np.int64) for s in sources]
+    weight_sum = sum(s["weight"] for s in sources)
+    scale = min(total / (s["weight"] / weight_sum) for s, total in zip(sources, totals, strict=True))
+    chosen = []
+    for index, (source, total) in enumerate(zip(sources, totals, strict=True)):
+        target = scale * source["weight"] / weight_sum
+        lengths = source["lengths"]
+        if target >= total:
+            chosen.append(np.arange(len(lengths), dtype=np.int64))
+            continue
+        order = np.random.default_rng([seed, index]).permutation(len(lengths))
+        cumulative = np.cumsum(lengths[order])
+        count = int(np.searchsorted(cumulative, target))  # first prefix reaching the target ...
+        if count > 0 and target - cumulative[count - 1] < cumulative[min(count, len(order) - 1)] - target:
+            count -= 1  # ... or the one before it, whichever is closer
+        chosen.append(np.sort(order[: count + 1]))
+    return chosen
+
+
+def mix_table(manifest: dict) -> str:
+    """The mix as produced: per source, documents and tokens kept of those available, and shares."""
+    rows = [("source", "weight", "documents", "tokens", "target", "produced", "left out")]
+    for s in manifest["sources"]:
+        rows.append(
+            (
+                s["name"],
+                "-" if s["weight"] is None else f"{s['weight']:g}",
+                f"{s['selected_documents']:,}/{s['documents']:,}",
+                f"{s['selected_tokens']:,}/{s['tokens']:,}",
+                "-" if s["target_share"] is None else f"{s['target_share']:.1%}",
+                f"{s['produced_share']:.1%}",
+                f"{s['tokens'] - s['selected_tokens']:,} tokens",
+            )
+        )
+    lines = [text_table(rows)]
+    bad = {k: v for s in manifest["sources"] for k, v in s["bad_records"].items()}
+    if bad:
+        lines.append("bad records (skipped): " + ", ".join(f"{k} {v}" for k, v in sorted(bad.items())))
+    return "\n".join(lines)
+
+
+def tokenize(
+    sources: list[Source],
+    tokenizer_dir: str,
+    out: str,
+    workers: int = 1,
+    seed: int = 0,
+    progress: bool = True,
+) -> dict:
+    """Tokenise ``sources`` into the tokens folder ``out`` (see :mod:`ctlab.tokens.store`) and
+    choose the mix; returns the manifest. Rerunning resumes; a folder made from other inputs or
+    another tokenizer is refused."""
+    if workers < 1:
+        raise TokenizeError("--workers must be at least 1")
+    info = TokenizerInfo.load(tokenizer_dir)
+    out_dir = Path(out)
+    shard_dir = out_dir / "shards"
+    run = {
+        "format": FORMAT,
+        "tokenizer_sha256": info.sha256,
+        "sources": {s.name: s.files for s in sources},
+    }
+    try:
+        shard_dir.mkdir(parents=True, exist_ok=True)
+        run_path = out_dir / RUN_FILE
+        if run_path.exists():
+            previous = json.loads(run_path.read_text())
+            if previous != run:
+                raise TokenizeError(f"{out} holds tokens of other inputs or another tokenizer: choose another --out")
+        else:
+            if any(p.name != "shards" for p in out_dir.iterdir()) or any(shard_dir.iterdir()):
+                raise TokenizeError(f"{out} is not empty and not a tokens folder: choose another --out")
+            _atomic_write_bytes(run_path, json.dumps(run, indent=1).encode())
+    except OSError as err:
+        raise TokenizeError(f"cannot write to {out}: {err.strerror}") from None
+
+    units = []
+    for source in sources:
+        for k, path in enumerate(source.files):
+            units.append((source.name, path, str(shard_dir / f"{source.name}-{k:05d}")))
+    records: dict[str, dict] = {}
+    pending = []
+    for _, path, shard_path in units:
+        done = Path(shard_path + ".json")
+        if done.is_file():
+            records[shard_path] = json.loads(done.read_text())
+        else:
+            pending.append((path, shard_path, info.bos_id, info.eos_id, info.dtype))
+    total_bytes = sum(os.path.getsize(args[0]) for args in pending)
+    with tqdm(total=total_bytes, unit="B", unit_scale=True, desc="tokenize", disable=not progress) as bar:
+        if workers == 1 or len(pending) <= 1:
+            _init_worker(info.path, None)
+            results = map(_tokenize_unit, pending)
+            for args, record in zip(pending, results, strict=True):
+                records[args[1]] = record
+                bar.update(record["input_bytes"])
+        else:
+            threads = max(1, (os.cpu_count() or 1) // workers)
+            with ProcessPoolExecutor(
+                workers, mp_context=get_context("fork"), initializer=_init_worker, initargs=(info.path, threads)
+            ) as pool:
+                for args, record in zip(pending, pool.map(_tokenize_unit, pending), strict=True):
+                    records[args[1]] = record
+                    bar.update(record["input_bytes"])
+
+    manifest_sources = []
+    per_source = []
+    for source in sources:
+        shards = [records[shard_path] for name, _, shard_path in units if name == source.name]
+        lengths = [np.diff(np.load(Path(shard_dir, s["name"] + ".idx.npy"))) for s in shards]
+        per_source.append({"weight": source.weight, "lengths": np.concatenate(lengths)})
+        bad: dict[str, int] = {}
+        for s in shards:
+            for kind, count in s["bad_records"].items():
+                bad[kind] = bad.get(kind, 0) + count
+        manifest_sources.append(
+            {
+                "name": source.name,
+                "inputs": source.inputs,
+                "weight": source.weight,
+                "shards": [{k: s[k] for k in ("name", "input", "documents", "tokens", "characters")} for s in shards],
+                "documents": sum(s["documents"] for s in shards),
+                "tokens": sum(s["tokens"] for s in shards),
+                "characters": sum(s["characters"] for s in shards),
+                "bad_records": bad,
+            }
+        )
+    chosen = choose_mix(per_source, seed)
+    mix_dir = out_dir / "mix"
+    shutil.rmtree(mix_dir, ignore_errors=True)
+    mix_dir.mkdir()
+    weight_sum = sum(s.weight for s in sources) if all(s.weight for s in sources) else None
+    selected_total = sum(int(p["lengths"][c].sum()) for p, c in zip(per_source, chosen, strict=True))
+    for entry, source, picks, lengths in zip(
+        manifest_sources, sources, chosen, (p["lengths"] for p in per_source), strict=True
+    ):
+        _atomic_save_npy(mix_dir / f"{source.name}.npy", picks)
+        entry["selected_documents"] = len(picks)
+        entry["selected_tokens"] = int(lengths[picks].sum())
+        entry["target_share"] = None if weight_sum is None else source.weight / weight_sum
+        entry["produced_share"] = entry["selected_tokens"] / selected_total if selected_total else 0.0
+    manifest = {
+        "format": FORMAT,
+        "tokenizer": {
+            "path": info.path,
+            "sha256": info.sha256,
+            "vocab_size": info.vocab_size,
+            "bos_id": info.bos_id,
+            "eos_id": info.eos_id,
+            "pad_id": info.pad_id,
+        },
+        "dtype": info.dtype,
+        "seed": seed,
+        "document_layout": "[BOS] tokens [EOS]" if info.bos_id is not None else "tokens [EOS]",
+        "sources": manifest_sources,
+        "selected_documents": sum(e["selected_documents"] for e in manifest_sources),
+        "selected_tokens": selected_total,
+    }
+    _atomic_write_bytes(out_dir / MANIFEST, json.dumps(manifest, indent=1, ensure_ascii=False).encode())
+    return manifest
