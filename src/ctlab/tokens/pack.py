@@ -156,6 +156,8 @@ def pack_concat(doc_starts: np.ndarray, doc_lengths: np.ndarray, seq_len: int) -
     doc_lengths = doc_lengths.astype(np.int64)
     stream_ends = np.cumsum(doc_lengths)
     total = int(stream_ends[-1]) if len(stream_ends) else 0
+    if total == 0:
+        return Packing(np.zeros(0, np.int64), np.zeros(0, np.int32), np.zeros(1, np.int64))
     stream_starts = stream_ends - doc_lengths
     cuts = np.sort(np.concatenate([stream_starts, np.arange(0, total, seq_len)]), kind="stable")  # two sorted runs
     cuts = cuts[np.append(True, cuts[1:] != cuts[:-1])]

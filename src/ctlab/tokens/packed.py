@@ -15,11 +15,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from pathlib import Path
 
 import numpy as np
 
+from ctlab.atomic import save_npy, write_json
 from ctlab.tokens.pack import Packing, pack, pack_stats
 from ctlab.tokens.store import MANIFEST, StoreError, TokenStore
 
@@ -30,16 +30,6 @@ IGNORE_INDEX = -100  # label of positions that predict nothing (cross-entropy's 
 
 def _digest(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-def _save(folder: Path, name: str, data: np.ndarray | dict) -> None:
-    tmp = folder / f".tmp.{name}"
-    with open(tmp, "wb") as f:
-        if isinstance(data, dict):
-            f.write(json.dumps(data, indent=1).encode())
-        else:
-            np.save(f, data)
-    os.replace(tmp, folder / name)
 
 
 def write_packing(tokens_dir: str, out: str, seq_len: int, strategy: str = "bfd") -> dict:
@@ -56,10 +46,10 @@ def write_packing(tokens_dir: str, out: str, seq_len: int, strategy: str = "bfd"
     packing = pack(starts, lengths, seq_len, strategy)
     stats = {"strategy": strategy, **pack_stats(starts, lengths, seq_len, packing)}
     (folder / PACK_MANIFEST).unlink(missing_ok=True)  # written last: marks the folder complete
-    _save(folder, "chunk_starts.npy", packing.chunk_starts)
-    _save(folder, "chunk_lengths.npy", packing.chunk_lengths)
-    _save(folder, "sequence_offsets.npy", packing.sequence_offsets)
-    _save(folder, "pack_stats.json", stats)
+    save_npy(folder / "chunk_starts.npy", packing.chunk_starts)
+    save_npy(folder / "chunk_lengths.npy", packing.chunk_lengths)
+    save_npy(folder / "sequence_offsets.npy", packing.sequence_offsets)
+    write_json(folder / "pack_stats.json", stats)
     manifest = {
         "format": PACK_FORMAT,
         "tokens": str(Path(tokens_dir).absolute()),
@@ -68,7 +58,7 @@ def write_packing(tokens_dir: str, out: str, seq_len: int, strategy: str = "bfd"
         "strategy": strategy,
         "pad_id": store.pad_id,
     }
-    _save(folder, PACK_MANIFEST, manifest)
+    write_json(folder / PACK_MANIFEST, manifest)
     return stats
 
 

@@ -21,10 +21,12 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from multiprocessing import get_context
 from pathlib import Path
+from typing import IO
 
 import numpy as np
 from tqdm import tqdm
 
+from ctlab.atomic import atomic_write, save_npy, write_json
 from ctlab.data.readers import BadRecord, CorpusReader, corpus_files
 from ctlab.report.tables import text_table
 from ctlab.tokens.store import FORMAT, MANIFEST
@@ -126,19 +128,6 @@ class TokenizerInfo:
         return "uint16" if self.vocab_size <= 1 << 16 else "uint32"
 
 
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".tmp.{path.name}")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
-
-
-def _atomic_save_npy(path: Path, array: np.ndarray) -> None:
-    tmp = path.with_name(f".tmp.{path.name}")
-    with open(tmp, "wb") as f:
-        np.save(f, array)
-    os.replace(tmp, path)
-
-
 _worker_tokenizer = None
 
 
@@ -157,42 +146,40 @@ def tokenize_file(path: str, shard_path: str, bos_id: int | None, eos_id: int, d
     record (also written as its .json, last, which marks the shard complete)."""
     shard = Path(shard_path)
     reader = CorpusReader([path], progress=False)
-    offsets = [0]
-    bad: dict[str, int] = {}
-    characters = 0
-    tmp_bin = shard.with_name(f".tmp.{shard.name}.bin")
     prefix = [] if bos_id is None else [bos_id]
+    offsets = [0]
+    counts = {"characters": 0, "bad_records": {}}
 
-    def flush(texts: list[str], out) -> None:
+    def encode(texts: list[str], out: IO[bytes]) -> None:
         for encoding in _worker_tokenizer.encode_batch_fast(texts, add_special_tokens=False):
             ids = np.array([*prefix, *encoding.ids, eos_id], dtype=dtype)
             out.write(ids.tobytes())
             offsets.append(offsets[-1] + len(ids))
 
-    with open(tmp_bin, "wb") as out:
+    def write_tokens(out: IO[bytes]) -> None:
         batch: list[str] = []
         for item in reader.read_file(path):
             if isinstance(item, BadRecord):
-                bad[item.kind] = bad.get(item.kind, 0) + 1
+                counts["bad_records"][item.kind] = counts["bad_records"].get(item.kind, 0) + 1
                 continue
             batch.append(item.text)
-            characters += len(item.text)
+            counts["characters"] += len(item.text)
             if len(batch) == BATCH_DOCUMENTS:
-                flush(batch, out)
+                encode(batch, out)
                 batch = []
-        flush(batch, out)
-    os.replace(tmp_bin, shard.with_name(shard.name + ".bin"))
-    _atomic_save_npy(shard.with_name(shard.name + ".idx.npy"), np.array(offsets, dtype=np.int64))
+        encode(batch, out)
+
+    atomic_write(shard.with_name(shard.name + ".bin"), write_tokens)
+    save_npy(shard.with_name(shard.name + ".idx.npy"), np.array(offsets, dtype=np.int64))
     record = {
         "name": shard.name,
         "input": path,
         "input_bytes": os.path.getsize(path),
         "documents": len(offsets) - 1,
         "tokens": offsets[-1],
-        "characters": characters,
-        "bad_records": bad,
+        **counts,
     }
-    _atomic_write_bytes(shard.with_name(shard.name + ".json"), json.dumps(record, indent=1).encode())
+    write_json(shard.with_name(shard.name + ".json"), record)
     return record
 
 
@@ -279,7 +266,7 @@ def tokenize(
         else:
             if any(p.name != "shards" for p in out_dir.iterdir()) or any(shard_dir.iterdir()):
                 raise TokenizeError(f"{out} is not empty and not a tokens folder: choose another --out")
-            _atomic_write_bytes(run_path, json.dumps(run, indent=1).encode())
+            write_json(run_path, run)
     except OSError as err:
         raise TokenizeError(f"cannot write to {out}: {err.strerror}") from None
 
@@ -343,7 +330,7 @@ def tokenize(
     for entry, source, picks, lengths in zip(
         manifest_sources, sources, chosen, (p["lengths"] for p in per_source), strict=True
     ):
-        _atomic_save_npy(mix_dir / f"{source.name}.npy", picks)
+        save_npy(mix_dir / f"{source.name}.npy", picks)
         entry["selected_documents"] = len(picks)
         entry["selected_tokens"] = int(lengths[picks].sum())
         entry["target_share"] = None if weight_sum is None else source.weight / weight_sum
@@ -365,5 +352,5 @@ def tokenize(
         "selected_documents": sum(e["selected_documents"] for e in manifest_sources),
         "selected_tokens": selected_total,
     }
-    _atomic_write_bytes(out_dir / MANIFEST, json.dumps(manifest, indent=1, ensure_ascii=False).encode())
+    write_json(out_dir / MANIFEST, manifest)
     return manifest
