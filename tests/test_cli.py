@@ -8,7 +8,21 @@ import pytest
 from ctlab.cli import main
 
 
-@pytest.mark.parametrize("argv", [[], ["data"], ["data", "clean"], ["data", "recipes"], ["demo"]])
+@pytest.mark.parametrize(
+    "argv",
+    [
+        [],
+        ["data"],
+        ["data", "clean"],
+        ["data", "recipes"],
+        ["data", "tokenize"],
+        ["data", "pack"],
+        ["tokenizer"],
+        ["tokenizer", "train"],
+        ["tokenizer", "compare"],
+        ["demo"],
+    ],
+)
 def test_help_at_every_level(argv, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main([*argv, "--help"])

@@ -43,7 +43,7 @@ CHAT_TEMPLATE = (
     "{{ bos_token }}"
     "{% for message in messages %}"
     "{% if message['role'] == 'assistant' %}"
-    "<|assistant|>\n{% generation %}{{ message['content'] }}<|end|>{% endgeneration %}\n"
+    "<|assistant|>\n{% generation %}{{ message['content'] }}<|end|>{% endgeneration %}{{ '\\n' }}"
     "{% else %}"
     "{{ '<|' + message['role'] + '|>' }}\n{{ message['content'] }}<|end|>\n"
     "{% endif %}"
@@ -89,7 +89,8 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int, min_frequency: int = 
 
 def save_tokenizer(tokenizer: Tokenizer, out_dir: str, training: dict | None = None) -> None:
     """Write ``out_dir`` in Hugging Face format (tokenizer.json, tokenizer_config.json, chat
-    template) plus ``training.json``; the folder appears complete or not at all."""
+    template) plus ``training.json``; the folder appears complete or not at all. An existing
+    tokenizer folder is replaced; any other non-empty folder is refused (ValueError)."""
     from transformers import PreTrainedTokenizerFast
 
     hf = PreTrainedTokenizerFast(
@@ -102,6 +103,8 @@ def save_tokenizer(tokenizer: Tokenizer, out_dir: str, training: dict | None = N
         clean_up_tokenization_spaces=False,
     )
     out = Path(out_dir).absolute()
+    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / "tokenizer.json").is_file())):
+        raise ValueError(f"{out_dir} exists and is not a tokenizer folder: choose another --out")
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:

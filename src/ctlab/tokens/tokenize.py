@@ -49,13 +49,13 @@ class Source:
 
 
 def parse_sources(specs: list[str], mix: str | None) -> list[Source]:
-    """``NAME=PATH`` (or a bare PATH: source ``corpus``) specs, repeatable per name, and an
-    optional ``NAME=WEIGHT,...`` mix naming every source."""
+    """``NAME=PATH`` (NAME: letters, digits, ``_-.``; repeatable) or bare PATH (source ``corpus``)
+    specs, and an optional ``NAME=WEIGHT,...`` mix naming every source."""
     sources: dict[str, Source] = {}
     for spec in specs:
-        name, _, path = spec.rpartition("=") if "=" in spec else ("corpus", "", spec)
-        if not _SOURCE_NAME.match(name):
-            raise TokenizeError(f"bad source name {name!r} in {spec!r} (letters, digits, '_', '-', '.')")
+        name, _, path = spec.partition("=")
+        if not _SOURCE_NAME.match(name) or not path:  # a bare path (which may hold "=", as in lang=zh/)
+            name, path = "corpus", spec
         sources.setdefault(name, Source(name, [])).inputs.append(path)
     if mix:
         weights: dict[str, float] = {}
@@ -256,16 +256,15 @@ def tokenize(
         "tokenizer_sha256": info.sha256,
         "sources": {s.name: s.files for s in sources},
     }
+    run_path = out_dir / RUN_FILE
     try:
-        shard_dir.mkdir(parents=True, exist_ok=True)
-        run_path = out_dir / RUN_FILE
         if run_path.exists():
-            previous = json.loads(run_path.read_text())
-            if previous != run:
+            if json.loads(run_path.read_text()) != run:
                 raise TokenizeError(f"{out} holds tokens of other inputs or another tokenizer: choose another --out")
-        else:
-            if any(p.name != "shards" for p in out_dir.iterdir()) or any(shard_dir.iterdir()):
-                raise TokenizeError(f"{out} is not empty and not a tokens folder: choose another --out")
+        elif out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
+            raise TokenizeError(f"{out} is not empty and not a tokens folder: choose another --out")
+        shard_dir.mkdir(parents=True, exist_ok=True)
+        if not run_path.exists():
             write_json(run_path, run)
     except OSError as err:
         raise TokenizeError(f"cannot write to {out}: {err.strerror}") from None
