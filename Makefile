@@ -28,6 +28,8 @@ lint: setup
 bench: setup
 	$(BIN)/pip install --quiet -e ".[test,bench]"
 	$(BIN)/python benchmarks/bench_clean.py
+	$(BIN)/python benchmarks/bench_tokenize.py
+	$(BIN)/python benchmarks/bench_pack.py
 
 clean:
 	rm -rf runs .pytest_cache

