@@ -74,10 +74,10 @@ def _cmd_tokenizer_train(args: argparse.Namespace) -> int:
         raise UsageError(str(err)) from err
     except OSError as err:
         raise UsageError(f"cannot write {args.out}: {err.strerror}") from err
-    bad = sum(summary["bad_records"].values())
+    bad = ", ".join(f"{kind} {count}" for kind, count in sorted(summary["bad_records"].items())) or "none"
     print(
         f"trained a {summary['vocab_size']:,}-token byte-level BPE on {summary['documents']:,} documents "
-        f"({summary['characters']:,} characters, {bad} bad records skipped) in {summary['seconds']} s"
+        f"({summary['characters']:,} characters) in {summary['seconds']} s; bad records skipped: {bad}"
     )
     print(f"tokenizer: {args.out} (loads with transformers.AutoTokenizer.from_pretrained)")
     return 0

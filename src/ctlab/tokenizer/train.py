@@ -19,6 +19,7 @@ import hashlib
 import json
 import os
 import shutil
+import sys
 import tempfile
 import time
 from collections.abc import Iterable, Iterator
@@ -77,7 +78,7 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int, min_frequency: int = 
         min_frequency=min_frequency,
         special_tokens=list(SPECIAL_TOKENS),
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=progress,
+        show_progress=progress and sys.stderr.isatty(),  # its bars print blank lines elsewhere
     )
     tokenizer.train_from_iterator(texts, trainer=trainer)
     bos = tokenizer.token_to_id(BOS)
