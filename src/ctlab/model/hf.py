@@ -1,0 +1,273 @@
+"""Hugging Face checkpoints: ctlab models saved so transformers loads them, and HF models imported.
+
+A checkpoint folder holds ``config.json``, ``model.safetensors`` and (when given) the tokenizer.
+Dense models save as ``LlamaForCausalLM`` (no q/k/v bias) or ``Qwen2ForCausalLM`` (q/k/v bias);
+MoE models as ``Qwen2MoeForCausalLM`` (experts in the per-expert layout that transformers 4 and
+5, vLLM and lm-eval read). ``config.json`` also carries the full ctlab config under ``"ctlab"``,
+so ctlab reloads exactly what it saved. MH-MoE has no transformers class: its config names the
+architecture ``CtlabMultiHeadMoE`` and says so under ``"note"``.
+
+Fused ctlab projections (q/k/v, gate/up) are split on save and fused on load.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save
+
+from ctlab.atomic import atomic_write, write_json
+from ctlab.model.config import ModelConfig
+from ctlab.model.decoder import Decoder
+
+MHMOE_NOTE = (
+    "MH-MoE (arXiv 2404.15045) has no transformers class: load this checkpoint with "
+    "ctlab.model.hf.load_pretrained, not transformers.AutoModelForCausalLM"
+)
+
+
+def architecture(config: ModelConfig) -> str:
+    if config.ffn == "mhmoe":
+        return "CtlabMultiHeadMoE"
+    if config.ffn == "moe":
+        return "Qwen2MoeForCausalLM"
+    return "Qwen2ForCausalLM" if config.qkv_bias else "LlamaForCausalLM"
+
+
+def hf_config(config: ModelConfig) -> dict:
+    """config.json content for ``config``, built with transformers' own config classes."""
+    common = {
+        "vocab_size": config.vocab_size,
+        "hidden_size": config.hidden_size,
+        "intermediate_size": config.intermediate_size,
+        "num_hidden_layers": config.num_layers,
+        "num_attention_heads": config.num_heads,
+        "num_key_value_heads": config.num_kv_heads,
+        "max_position_embeddings": config.max_position_embeddings,
+        "rms_norm_eps": config.rms_norm_eps,
+        "rope_parameters": {"rope_type": "default", "rope_theta": config.rope_theta},
+        "tie_word_embeddings": config.tie_embeddings,
+        "initializer_range": config.init_std,
+        "hidden_act": "silu",
+        "bos_token_id": config.bos_token_id,
+        "eos_token_id": config.eos_token_id,
+        "pad_token_id": config.pad_token_id,
+    }
+    name = architecture(config)
+    if name == "CtlabMultiHeadMoE":
+        data = {"architectures": [name], "model_type": "ctlab_mhmoe", "note": MHMOE_NOTE, **common}
+    else:
+        from transformers import LlamaConfig, Qwen2Config, Qwen2MoeConfig
+
+        if name == "LlamaForCausalLM":
+            hf = LlamaConfig(**common, head_dim=config.head_dim, attention_bias=False, mlp_bias=False)
+        elif name == "Qwen2ForCausalLM":
+            hf = Qwen2Config(**common, head_dim=config.head_dim)
+        else:
+            hf = Qwen2MoeConfig(
+                **common,
+                num_experts=config.num_experts,
+                num_experts_per_tok=config.experts_per_token,
+                moe_intermediate_size=config.expert_intermediate_size,
+                shared_expert_intermediate_size=config.shared_expert_intermediate_size,
+                norm_topk_prob=config.norm_topk_prob,
+                decoder_sparse_step=config.decoder_sparse_step,
+                mlp_only_layers=list(config.mlp_only_layers),
+                router_aux_loss_coef=config.router_aux_loss_coef,
+                qkv_bias=config.qkv_bias,
+            )
+        hf.architectures = [name]
+        data = hf.to_dict()
+        data["torch_dtype"] = "float32"
+    data["ctlab"] = config.to_dict()
+    return data
+
+
+def _split_rows(tensor: torch.Tensor, sizes: list[int]) -> list[torch.Tensor]:
+    return [t.contiguous() for t in tensor.split(sizes, dim=0)]
+
+
+def to_hf_state(model: Decoder) -> dict[str, torch.Tensor]:
+    """The model's weights under transformers' names (MH-MoE: ctlab's own names)."""
+    config = model.config
+    state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+    if config.ffn == "mhmoe":
+        if config.tie_embeddings:
+            state.pop("lm_head.weight")
+        return state
+    q_size, kv_size = config.num_heads * config.head_dim, config.num_kv_heads * config.head_dim
+    out = {"model.embed_tokens.weight": state["embed_tokens.weight"], "model.norm.weight": state["norm.weight"]}
+    if not config.tie_embeddings:
+        out["lm_head.weight"] = state["lm_head.weight"]
+    for i in range(config.num_layers):
+        src, dst = f"layers.{i}.", f"model.layers.{i}."
+        out[dst + "input_layernorm.weight"] = state[src + "input_norm.weight"]
+        out[dst + "post_attention_layernorm.weight"] = state[src + "ffn_norm.weight"]
+        q, k, v = _split_rows(state[src + "attention.qkv_proj.weight"], [q_size, kv_size, kv_size])
+        out.update({dst + "self_attn.q_proj.weight": q, dst + "self_attn.k_proj.weight": k})
+        out[dst + "self_attn.v_proj.weight"] = v
+        bias = state.get(src + "attention.qkv_proj.bias")
+        if bias is None and architecture(config) != "LlamaForCausalLM" and config.qkv_bias:
+            bias = torch.zeros(q_size + 2 * kv_size)
+        if bias is not None:
+            for name, part in zip("qkv", _split_rows(bias, [q_size, kv_size, kv_size]), strict=True):
+                out[dst + f"self_attn.{name}_proj.bias"] = part
+        out[dst + "self_attn.o_proj.weight"] = state[src + "attention.o_proj.weight"]
+        if not config.is_sparse(i):
+            gate, up = state[src + "ffn.gate_up_proj.weight"].chunk(2, dim=0)
+            out[dst + "mlp.gate_proj.weight"], out[dst + "mlp.up_proj.weight"] = gate.contiguous(), up.contiguous()
+            out[dst + "mlp.down_proj.weight"] = state[src + "ffn.down_proj.weight"]
+            continue
+        out[dst + "mlp.gate.weight"] = state[src + "ffn.router.weight"]
+        gate_up, down = state[src + "ffn.experts.gate_up_proj"], state[src + "ffn.experts.down_proj"]
+        for e in range(config.num_experts):
+            gate, up = gate_up[e].chunk(2, dim=0)
+            out[dst + f"mlp.experts.{e}.gate_proj.weight"] = gate.contiguous()
+            out[dst + f"mlp.experts.{e}.up_proj.weight"] = up.contiguous()
+            out[dst + f"mlp.experts.{e}.down_proj.weight"] = down[e].contiguous()
+        shared = config.shared_expert_intermediate_size
+        if shared:
+            gate, up = state[src + "ffn.shared_expert.gate_up_proj.weight"].chunk(2, dim=0)
+            down = state[src + "ffn.shared_expert.down_proj.weight"]
+            gate_weight = state[src + "ffn.shared_expert_gate.weight"]
+        else:  # transformers' Qwen2-MoE always has a shared expert: an empty one adds nothing
+            gate, up = torch.zeros(0, config.hidden_size), torch.zeros(0, config.hidden_size)
+            down, gate_weight = torch.zeros(config.hidden_size, 0), torch.zeros(1, config.hidden_size)
+        out[dst + "mlp.shared_expert.gate_proj.weight"] = gate.contiguous()
+        out[dst + "mlp.shared_expert.up_proj.weight"] = up.contiguous()
+        out[dst + "mlp.shared_expert.down_proj.weight"] = down.contiguous()
+        out[dst + "mlp.shared_expert_gate.weight"] = gate_weight
+    return out
+
+
+def save_pretrained(model: Decoder, out_dir: str | Path, tokenizer_dir: str | Path | None = None) -> None:
+    """Write ``out_dir``: config.json, model.safetensors (fp32) and the tokenizer's files."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    state = {k: v.float() for k, v in to_hf_state(model).items()}
+    atomic_write(out / "model.safetensors", lambda f: f.write(save(state, metadata={"format": "pt"})))
+    if tokenizer_dir is not None:
+        for path in Path(tokenizer_dir).iterdir():
+            if path.is_file() and path.name != "training.json":
+                shutil.copyfile(path, out / path.name)
+    write_json(out / "config.json", hf_config(model.config))
+
+
+def config_from_hf(data: dict) -> ModelConfig:
+    """A ctlab config from a config.json (ctlab's own section, or a Llama / Qwen2 / Qwen2-MoE one)."""
+    if "ctlab" in data:
+        return ModelConfig.from_dict(data["ctlab"])
+    model_type = data.get("model_type")
+    if model_type not in ("llama", "qwen2", "qwen2_moe"):
+        raise ValueError(f"cannot import model_type {model_type!r} (llama, qwen2 and qwen2_moe can be imported)")
+    rope = data.get("rope_parameters") or {}
+    theta = rope.get("rope_theta", data.get("rope_theta", 10000.0))
+    if rope.get("rope_type", "default") != "default" or data.get("rope_scaling"):
+        raise ValueError("only the default rotary embedding can be imported (no rope scaling)")
+    if model_type == "llama" and (data.get("attention_bias") or data.get("mlp_bias")):
+        raise ValueError("Llama checkpoints with attention or MLP biases cannot be imported")
+    fields = {
+        "vocab_size": data["vocab_size"],
+        "hidden_size": data["hidden_size"],
+        "intermediate_size": data["intermediate_size"],
+        "num_layers": data["num_hidden_layers"],
+        "num_heads": data["num_attention_heads"],
+        "num_kv_heads": data.get("num_key_value_heads") or data["num_attention_heads"],
+        "head_dim": data.get("head_dim"),
+        "max_position_embeddings": data.get("max_position_embeddings", 2048),
+        "rope_theta": float(theta),
+        "rms_norm_eps": data.get("rms_norm_eps", 1e-6),
+        "tie_embeddings": bool(data.get("tie_word_embeddings", False)),
+        "init_std": data.get("initializer_range", 0.02),
+        "qkv_bias": model_type == "qwen2" or (model_type == "qwen2_moe" and data.get("qkv_bias", True)),
+        "bos_token_id": data.get("bos_token_id"),
+        "eos_token_id": data.get("eos_token_id"),
+        "pad_token_id": data.get("pad_token_id"),
+    }
+    if isinstance(fields["eos_token_id"], list):
+        fields["eos_token_id"] = fields["eos_token_id"][0]
+    if model_type == "qwen2_moe":
+        fields.update(
+            ffn="moe",
+            num_experts=data["num_experts"],
+            experts_per_token=data["num_experts_per_tok"],
+            expert_intermediate_size=data["moe_intermediate_size"],
+            shared_expert_intermediate_size=data.get("shared_expert_intermediate_size", 0),
+            norm_topk_prob=bool(data.get("norm_topk_prob", False)),
+            decoder_sparse_step=data.get("decoder_sparse_step", 1),
+            mlp_only_layers=list(data.get("mlp_only_layers") or []),
+            router_aux_loss_coef=data.get("router_aux_loss_coef", 0.001),
+        )
+    return ModelConfig(**fields)
+
+
+def from_hf_state(state: dict[str, torch.Tensor], config: ModelConfig) -> dict[str, torch.Tensor]:
+    """transformers' weight names (per-expert or stacked experts) → a ctlab state dict."""
+    if config.ffn == "mhmoe":
+        if config.tie_embeddings:
+            state = {**state, "lm_head.weight": state["embed_tokens.weight"]}
+        return state
+    out = {"embed_tokens.weight": state["model.embed_tokens.weight"], "norm.weight": state["model.norm.weight"]}
+    out["lm_head.weight"] = state["model.embed_tokens.weight" if config.tie_embeddings else "lm_head.weight"]
+    for i in range(config.num_layers):
+        src, dst = f"model.layers.{i}.", f"layers.{i}."
+        out[dst + "input_norm.weight"] = state[src + "input_layernorm.weight"]
+        out[dst + "ffn_norm.weight"] = state[src + "post_attention_layernorm.weight"]
+        attn = src + "self_attn."
+        out[dst + "attention.qkv_proj.weight"] = torch.cat([state[attn + f"{n}_proj.weight"] for n in "qkv"])
+        if config.qkv_bias:
+            out[dst + "attention.qkv_proj.bias"] = torch.cat([state[attn + f"{n}_proj.bias"] for n in "qkv"])
+        out[dst + "attention.o_proj.weight"] = state[attn + "o_proj.weight"]
+        mlp = src + "mlp."
+        if not config.is_sparse(i):
+            out[dst + "ffn.gate_up_proj.weight"] = torch.cat(
+                [state[mlp + "gate_proj.weight"], state[mlp + "up_proj.weight"]]
+            )
+            out[dst + "ffn.down_proj.weight"] = state[mlp + "down_proj.weight"]
+            continue
+        out[dst + "ffn.router.weight"] = state[mlp + "gate.weight"]
+        if mlp + "experts.gate_up_proj" in state:  # transformers 5's stacked layout
+            out[dst + "ffn.experts.gate_up_proj"] = state[mlp + "experts.gate_up_proj"]
+            out[dst + "ffn.experts.down_proj"] = state[mlp + "experts.down_proj"]
+        else:
+            experts = range(config.num_experts)
+            out[dst + "ffn.experts.gate_up_proj"] = torch.stack(
+                [
+                    torch.cat(
+                        [state[mlp + f"experts.{e}.gate_proj.weight"], state[mlp + f"experts.{e}.up_proj.weight"]]
+                    )
+                    for e in experts
+                ]
+            )
+            out[dst + "ffn.experts.down_proj"] = torch.stack(
+                [state[mlp + f"experts.{e}.down_proj.weight"] for e in experts]
+            )
+        if config.shared_expert_intermediate_size:
+            shared = mlp + "shared_expert."
+            out[dst + "ffn.shared_expert.gate_up_proj.weight"] = torch.cat(
+                [state[shared + "gate_proj.weight"], state[shared + "up_proj.weight"]]
+            )
+            out[dst + "ffn.shared_expert.down_proj.weight"] = state[shared + "down_proj.weight"]
+            out[dst + "ffn.shared_expert_gate.weight"] = state[mlp + "shared_expert_gate.weight"]
+    return out
+
+
+def load_pretrained(folder: str | Path) -> Decoder:
+    """A ctlab model from a checkpoint folder (ctlab's, or a Llama / Qwen2 / Qwen2-MoE one)."""
+    folder = Path(folder)
+    config_path = folder / "config.json"
+    if not config_path.is_file():
+        raise FileNotFoundError(f"{folder} holds no config.json")
+    config = config_from_hf(json.loads(config_path.read_text()))
+    files = sorted(folder.glob("*.safetensors"))
+    if not files:
+        raise FileNotFoundError(f"{folder} holds no .safetensors weights")
+    state: dict[str, torch.Tensor] = {}
+    for path in files:
+        state.update(load_file(path))
+    model = Decoder(config)
+    model.load_state_dict(from_hf_state(state, config), strict=True)
+    return model
