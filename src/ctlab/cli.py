@@ -136,6 +136,47 @@ def _cmd_data_pack(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_train_pretrain(args: argparse.Namespace) -> int:
+    from ctlab.tokens.store import StoreError
+    from ctlab.train.config import TrainConfig, apply_override
+    from ctlab.train.pretrain import RunConflict, pretrain
+
+    try:
+        config = TrainConfig.load(args.config) if args.config else TrainConfig()
+        for name in ("data", "out", "preset", "steps", "batch_size", "grad_accum", "lr", "dtype", "seed", "init_from"):
+            if getattr(args, name) is not None:
+                setattr(config, name, getattr(args, name))
+        if args.compile:
+            config.compile = True
+        for item in args.eval or []:
+            name, sep, path = item.partition("=")
+            if not sep:
+                raise ValueError(f"bad --eval {item!r}: expected NAME=PACKED_FOLDER")
+            config.eval_data[name] = path
+        for assignment in args.set or []:
+            apply_override(config, assignment)
+        config.validate()
+        from ctlab.model.config import preset
+
+        preset(config.preset, **config.model)  # an unknown preset or model field is a usage error
+    except FileNotFoundError as err:
+        raise UsageError(f"file not found: {err.filename or err}") from err
+    except ValueError as err:
+        raise UsageError(str(err)) from err
+    try:
+        final = pretrain(config, progress=not args.no_progress)
+    except (RunConflict, StoreError) as err:
+        raise UsageError(str(err)) from err
+    if int(os.environ.get("RANK", "0")) != 0:  # under torchrun, the first process reports
+        return 0
+    summary = f"step {final['step']}: loss {final['loss']:.4f}"
+    for name, result in final.get("eval", {}).items():
+        summary += f", {name} ppl {result['ppl']:.2f}"
+    print(summary)
+    print(f"run: {config.out} (checkpoints/, metrics.jsonl, loss.png)")
+    return 0
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from ctlab.data.recipes import RecipeError, load_recipe
     from ctlab.demo import run_demo
@@ -258,6 +299,33 @@ def build_parser() -> argparse.ArgumentParser:
     )
     compare.add_argument("--out", default="runs/tokenizer-compare", metavar="DIR", help="report folder")
     compare.set_defaults(handler=_cmd_tokenizer_compare)
+
+    train_parser = commands.add_parser("train", help="stage 4: pretrain models")
+    train_commands = train_parser.add_subparsers(dest="train_command", metavar="COMMAND", required=True)
+    pretrain = train_commands.add_parser(
+        "pretrain",
+        help="pretrain a model on packed data (resumes a killed run; runs under torchrun for data parallelism)",
+        description="Pretrain a model from a packed folder. Settings come from --config (YAML of the training "
+        "config), then the flags, then --set KEY=VALUE (e.g. model.num_layers=2, layerskip.p_max=0.2). Rerunning "
+        "the same command resumes from the last complete checkpoint. Under `torchrun --nproc-per-node N` it "
+        "trains data-parallel.",
+    )
+    pretrain.add_argument("--config", metavar="FILE", help="training config (YAML)")
+    pretrain.add_argument("--preset", help="model preset: tiny, small, tiny-moe, tiny-mhmoe, ct-2b")
+    pretrain.add_argument("--data", metavar="PACKED", help="packed folder (`ctlab data pack`)")
+    pretrain.add_argument("--out", metavar="RUN", help="run folder")
+    pretrain.add_argument("--steps", type=int, help="optimiser steps")
+    pretrain.add_argument("--batch-size", type=int, help="sequences per micro-batch per process")
+    pretrain.add_argument("--grad-accum", type=int, help="micro-batches per step")
+    pretrain.add_argument("--lr", type=float, help="peak learning rate")
+    pretrain.add_argument("--dtype", choices=("fp32", "bf16"), help="fp32 or bf16 autocast")
+    pretrain.add_argument("--compile", action="store_true", help="torch.compile the model")
+    pretrain.add_argument("--seed", type=int, help="seed of initialisation, shuffling and layer dropout")
+    pretrain.add_argument("--init-from", metavar="CHECKPOINT", help="continual pretraining: start from this checkpoint")
+    pretrain.add_argument("--eval", action="append", metavar="NAME=PACKED", help="held-out set (repeatable)")
+    pretrain.add_argument("--set", action="append", metavar="KEY=VALUE", help="any config field (repeatable)")
+    pretrain.add_argument("--no-progress", action="store_true", help="no progress bar")
+    pretrain.set_defaults(handler=_cmd_train_pretrain)
     return parser
 
 

@@ -1,0 +1,1 @@
+"""Stage 4: pretraining (dense, MoE, MH-MoE), LayerSkip, continual pretraining, checkpoints, data parallelism."""

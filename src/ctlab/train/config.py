@@ -1,0 +1,130 @@
+"""The pretraining config: one dataclass, read from YAML, overridable from the command line, and
+saved resolved into every run folder."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+
+@dataclass
+class LayerSkipConfig:
+    """LayerSkip (arXiv 2404.16710): layer dropout and early-exit loss.
+
+    p_max: dropout rate of the last layer (0: off); per layer D(l) = e^{l·ln2/(L−1)} − 1;
+    per step S(t) = e^{t·ln2/(T−1)} − 1 when ``scale_by_step`` (pretraining from scratch), else 1.
+    early_exit: "none", "rotational" (layer l active when l mod R = t mod R) or "gradual" (layers
+    switch on from the last backwards, one every ``curriculum_steps`` / L steps); the last layer is
+    always active. e_scale: per-layer loss weights grow with depth as e_scale^l (normalised).
+    """
+
+    p_max: float = 0.0
+    scale_by_step: bool = True
+    early_exit: str = "none"
+    e_scale: float = 1.0
+    rotation: int = 2
+    curriculum_steps: int = 0  # gradual: steps until every layer is on (default: all training steps)
+
+
+@dataclass
+class TrainConfig:
+    data: str = ""  # packed folder (`ctlab data pack`)
+    out: str = ""  # run folder
+    preset: str = "tiny"
+    model: dict = field(default_factory=dict)  # ModelConfig overrides
+    init_from: str | None = None  # continual pretraining: a checkpoint folder to start from
+    steps: int = 200
+    batch_size: int = 8  # sequences per micro-batch per rank
+    grad_accum: int = 1
+    lr: float = 1e-3
+    min_lr_ratio: float = 0.1  # cosine decays to lr · this
+    warmup_steps: int = 20
+    weight_decay: float = 0.1
+    beta1: float = 0.9
+    beta2: float = 0.95
+    grad_clip: float = 1.0
+    dtype: str = "fp32"  # fp32 or bf16 (autocast)
+    compile: bool = False
+    seed: int = 0
+    log_every: int = 10
+    eval_every: int = 100
+    eval_data: dict = field(default_factory=dict)  # name → packed folder, e.g. {zh: ..., en: ...}
+    eval_batches: int = 8
+    checkpoint_every: int = 100
+    keep_every: int = 0  # also keep every N-th step's checkpoint for good (0: only the latest)
+    replay_data: str | None = None  # continual: packed folder of the old data
+    replay_ratio: float = 0.0  # share of each batch drawn from replay_data
+    layerskip: LayerSkipConfig = field(default_factory=LayerSkipConfig)
+    ddp: str = "ddp"  # ddp or fsdp under torchrun
+
+    def __post_init__(self) -> None:
+        if isinstance(self.layerskip, dict):
+            self.layerskip = LayerSkipConfig(**self.layerskip)
+
+    def validate(self) -> None:
+        problems = []
+        if not self.data:
+            problems.append("data (a packed folder) is required")
+        if not self.out:
+            problems.append("out (a run folder) is required")
+        for name in ("steps", "batch_size", "grad_accum", "log_every", "eval_every", "checkpoint_every"):
+            if getattr(self, name) < 1:
+                problems.append(f"{name} must be at least 1")
+        if self.dtype not in ("fp32", "bf16"):
+            problems.append("dtype must be fp32 or bf16")
+        if not 0 <= self.replay_ratio < 1:
+            problems.append("replay_ratio must be in [0, 1)")
+        if self.replay_ratio > 0 and not self.replay_data:
+            problems.append("replay_ratio needs replay_data")
+        if not 0 <= self.layerskip.p_max < 1:
+            problems.append("layerskip.p_max must be in [0, 1)")
+        if self.layerskip.early_exit not in ("none", "rotational", "gradual"):
+            problems.append("layerskip.early_exit must be none, rotational or gradual")
+        if self.ddp not in ("ddp", "fsdp"):
+            problems.append("ddp must be ddp or fsdp")
+        if problems:
+            raise ValueError("; ".join(problems))
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> TrainConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown training config field(s): {', '.join(unknown)}")
+        return cls(**data)
+
+    @classmethod
+    def load(cls, path: str | Path) -> TrainConfig:
+        data = yaml.safe_load(Path(path).read_text()) or {}
+        if not isinstance(data, dict):
+            raise ValueError(f"{path}: a training config is a mapping of fields")
+        return cls.from_dict(data)
+
+
+def apply_override(config: TrainConfig, assignment: str) -> None:
+    """``key=value`` (YAML value) onto ``config``; ``model.x``, ``layerskip.x`` and
+    ``eval_data.x`` reach inside."""
+    key, sep, raw = assignment.partition("=")
+    if not sep:
+        raise ValueError(f"bad override {assignment!r}: expected KEY=VALUE")
+    value = yaml.safe_load(raw)
+    head, _, rest = key.partition(".")
+    if rest:
+        if head in ("model", "eval_data"):
+            getattr(config, head)[rest] = value
+            return
+        if head == "layerskip":
+            if rest not in {f.name for f in dataclasses.fields(LayerSkipConfig)}:
+                raise ValueError(f"unknown layerskip field {rest!r}")
+            setattr(config.layerskip, rest, value)
+            return
+        raise ValueError(f"unknown config section {head!r}")
+    if key not in {f.name for f in dataclasses.fields(TrainConfig)}:
+        raise ValueError(f"unknown training config field {key!r}")
+    setattr(config, key, value)

@@ -1,0 +1,318 @@
+"""``ctlab train pretrain``: the pretraining loop, on one process or data-parallel under torchrun.
+
+Each optimiser step takes ``grad_accum`` micro-batches of ``batch_size`` packed sequences per
+rank. The loss is the token-level cross-entropy summed over the whole global batch and divided
+by its number of predicted tokens, so a step is the same whether the global batch is split
+over micro-batches, ranks or neither (gradient-accumulation and data-parallel invariance).
+AdamW, linear warmup then cosine decay to ``lr · min_lr_ratio``, gradient clipping, fp32 or
+bf16 autocast, optional ``torch.compile``; LayerSkip's layer dropout and early-exit loss;
+continual pretraining from a checkpoint with replay of the old data.
+
+A run folder holds ``config.json`` (resolved), ``metrics.jsonl``, ``loss.png``, and
+``checkpoints/step-N/`` (see :mod:`ctlab.train.checkpoint`); the same command resumes a killed
+run from its last complete checkpoint and continues exactly as if it had not stopped.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from ctlab.atomic import write_json
+from ctlab.model.config import ModelConfig, preset
+from ctlab.model.decoder import Decoder
+from ctlab.model.hf import load_pretrained
+from ctlab.tokens.loader import PackedLoader, collate
+from ctlab.tokens.packed import IGNORE_INDEX, PackedDataset
+from ctlab.train import layerskip
+from ctlab.train.checkpoint import completed_checkpoints, load_checkpoint, save_checkpoint
+from ctlab.train.config import TrainConfig
+
+
+class RunConflict(ValueError):
+    """The run folder holds a run with another config."""
+
+
+@dataclass
+class Distributed:
+    rank: int = 0
+    world_size: int = 1
+    device: torch.device = torch.device("cpu")
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    def sum(self, value: torch.Tensor) -> torch.Tensor:
+        if self.world_size > 1:
+            value = value.clone()
+            dist.all_reduce(value)
+        return value
+
+
+def setup_distributed() -> Distributed:
+    """From torchrun's environment (RANK, WORLD_SIZE, LOCAL_RANK); one process without it."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if world_size == 1:
+        return Distributed()
+    rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+    if torch.cuda.is_available():
+        torch.cuda.set_device(local_rank)
+        device, backend = torch.device("cuda", local_rank), "nccl"
+    else:
+        device, backend = torch.device("cpu"), "gloo"
+    if not dist.is_initialized():
+        dist.init_process_group(backend)
+    return Distributed(rank, world_size, device)
+
+
+def learning_rate(config: TrainConfig, step: int) -> float:
+    """Linear warmup over ``warmup_steps``, then cosine from ``lr`` to ``lr · min_lr_ratio``."""
+    if step < config.warmup_steps:
+        return config.lr * (step + 1) / config.warmup_steps
+    progress = (step - config.warmup_steps) / max(config.steps - config.warmup_steps, 1)
+    floor = config.lr * config.min_lr_ratio
+    return floor + (config.lr - floor) * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+
+
+def build_model(config: TrainConfig, tokens_manifest: dict) -> Decoder:
+    if config.init_from:
+        return load_pretrained(config.init_from)
+    tokenizer = tokens_manifest["tokenizer"]
+    model_config: ModelConfig = preset(
+        config.preset,
+        vocab_size=tokenizer["vocab_size"],
+        bos_token_id=tokenizer["bos_id"],
+        eos_token_id=tokenizer["eos_id"],
+        pad_token_id=tokenizer["pad_id"],
+    )
+    model_config = model_config.replace(**config.model)
+    torch.manual_seed(config.seed)
+    return Decoder(model_config)
+
+
+def _optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
+    decay, no_decay = [], []
+    for name, parameter in model.named_parameters():
+        (no_decay if parameter.ndim < 2 or name.endswith("norm.weight") else decay).append(parameter)
+    groups = [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=config.lr, betas=(config.beta1, config.beta2))
+
+
+class BatchSource:
+    """This rank's micro-batches: from the main data, with ``replay_ratio`` of each batch's rows
+    drawn from the replay data (continual pretraining)."""
+
+    def __init__(self, config: TrainConfig, env: Distributed):
+        self.replay_rows = round(config.batch_size * config.replay_ratio) if config.replay_data else 0
+        main_rows = config.batch_size - self.replay_rows
+        self.main = PackedLoader(config.data, main_rows, config.seed, env.rank, env.world_size)
+        self.replay = None
+        if self.replay_rows:
+            self.replay = PackedLoader(config.replay_data, self.replay_rows, config.seed, env.rank, env.world_size)
+            if self.replay.dataset.seq_len != self.main.dataset.seq_len:
+                raise ValueError("replay_data and data are packed to different sequence lengths")
+
+    def next(self) -> dict[str, torch.Tensor]:
+        samples = [self.main.dataset[i] for i in self.main.next_indices()]
+        if self.replay is not None:
+            samples += [self.replay.dataset[i] for i in self.replay.next_indices()]
+        return collate(samples)
+
+    def state(self) -> dict:
+        return {"main": self.main.position, "replay": None if self.replay is None else self.replay.position}
+
+    def restore(self, state: dict) -> None:
+        self.main.position = state["main"]
+        if self.replay is not None:
+            self.replay.position = state["replay"]
+
+
+def token_losses(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Summed cross-entropy (fp32) of logits (B, T, V) against labels (B, T), ignoring IGNORE_INDEX."""
+    return F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), ignore_index=IGNORE_INDEX, reduction="sum")
+
+
+def model_loss(model, batch: dict, config: TrainConfig, step: int) -> tuple[torch.Tensor, torch.Tensor, object]:
+    """Summed LM loss (with LayerSkip's early exits when on), the summed last-layer CE, the output."""
+    inner = model.module if hasattr(model, "module") else model
+    num_layers = inner.config.num_layers
+    rates = layerskip.dropout_rates(config.layerskip, num_layers, step, config.steps)
+    skip = layerskip.sample_skips(rates, batch["input_ids"].shape[0])
+    active = layerskip.curriculum(config.layerskip, num_layers, step, config.steps)
+    early_exit = any(active[:-1])
+    out = model(batch["input_ids"], batch["position_ids"], skip=skip, output_hidden_states=early_exit)
+    last = token_losses(out.logits, batch["labels"])
+    if not early_exit:
+        return last, last.detach(), out
+    weights = layerskip.exit_weights(config.layerskip, active)
+    loss = weights[-1] * last
+    for layer, weight in enumerate(weights[:-1]):
+        if weight:
+            loss = loss + weight * token_losses(inner.exit_logits(out.hidden_states[layer + 1]), batch["labels"])
+    return loss, last.detach(), out
+
+
+@torch.no_grad()
+def evaluate(model: Decoder, folder: str, batches: int, batch_size: int) -> dict:
+    """Perplexity of ``model`` on the first ``batches`` batches of a packed folder (unshuffled order)."""
+    dataset = PackedDataset(folder)
+    total, count = 0.0, 0
+    for start in range(0, min(len(dataset), batches * batch_size), batch_size):
+        batch = collate([dataset[i] for i in range(start, min(start + batch_size, len(dataset)))])
+        out = model(batch["input_ids"], batch["position_ids"])
+        total += token_losses(out.logits, batch["labels"]).item()
+        count += int((batch["labels"] != IGNORE_INDEX).sum())
+    loss = total / max(count, 1)
+    return {"loss": loss, "ppl": math.exp(min(loss, 50)), "tokens": count}
+
+
+def _claim_run(config: TrainConfig, env: Distributed) -> None:
+    out = Path(config.out)
+    saved = out / "config.json"
+    if env.main:
+        if saved.is_file():
+            if json.loads(saved.read_text()) != config.to_dict():
+                raise RunConflict(f"{out} holds a run with another config: choose another --out")
+        else:
+            if out.exists() and any(out.iterdir()):
+                raise RunConflict(f"{out} is not empty and not a training run: choose another --out")
+            out.mkdir(parents=True, exist_ok=True)
+            write_json(saved, config.to_dict())
+    if env.world_size > 1:
+        dist.barrier()
+
+
+def pretrain(config: TrainConfig, progress: bool = True) -> dict:
+    """Train (or resume) the run described by ``config``; returns the final metrics."""
+    config.validate()
+    env = setup_distributed()
+    _claim_run(config, env)
+    source = BatchSource(config, env)
+    tokens_manifest = source.main.dataset.store.manifest
+    model = build_model(config, tokens_manifest).to(env.device)
+    optimizer = _optimizer(model, config)
+    step, tokens_seen = 0, 0
+    checkpoints = completed_checkpoints(config.out)
+    if checkpoints:
+        state = load_checkpoint(checkpoints[-1][1], model, optimizer)
+        step, tokens_seen = state["step"], state["tokens_seen"]
+        source.restore(state["data"])
+    elif config.seed is not None:
+        torch.manual_seed(config.seed)
+    trained = model
+    if env.world_size > 1:
+        from torch.nn.parallel import DistributedDataParallel
+
+        trained = DistributedDataParallel(model)
+    forward = torch.compile(trained) if config.compile else trained
+    metrics_path = Path(config.out) / "metrics.jsonl"
+    tokenizer_dir = str(Path(tokens_manifest["tokenizer"]["path"]).parent)
+    autocast = torch.autocast(env.device.type, dtype=torch.bfloat16, enabled=config.dtype == "bf16")
+
+    def log(record: dict) -> None:
+        if env.main:
+            with open(metrics_path, "a") as f:
+                f.write(json.dumps(record) + "\n")
+
+    if step == 0 and config.eval_data:
+        log(
+            {
+                "step": 0,
+                "eval": {
+                    name: evaluate(model, path, config.eval_batches, config.batch_size)
+                    for name, path in config.eval_data.items()
+                },
+            }
+        )
+    bar = tqdm(total=config.steps, initial=step, desc="pretrain", unit="step", disable=not (progress and env.main))
+    window_start, window_tokens = time.perf_counter(), 0
+    last: dict = {}
+    while step < config.steps:
+        lr = learning_rate(config, step)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        micro = [source.next() for _ in range(config.grad_accum)]
+        predicted = env.sum(
+            torch.tensor(sum(int((b["labels"] != IGNORE_INDEX).sum()) for b in micro), dtype=torch.float64)
+        )
+        scale = env.world_size / predicted.item()  # DDP averages gradients over ranks: undo it
+        loss_sum, aux_sum, routers = torch.zeros((), dtype=torch.float64), 0.0, []
+        for i, batch in enumerate(micro):
+            sync = i == len(micro) - 1 or env.world_size == 1
+            context = trained.no_sync() if not sync and hasattr(trained, "no_sync") else contextlib.nullcontext()
+            with context, autocast:
+                loss, last_ce, out = model_loss(forward, batch, config, step)
+                objective = loss * scale
+                if out.router:
+                    objective = objective + model.config.router_aux_loss_coef * out.aux_loss / len(micro)
+                    aux_sum += out.aux_loss.item() / len(micro)
+                    routers.append(out.router)
+            objective.backward()
+            loss_sum += last_ce.double()
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        step += 1
+        step_tokens = int(env.sum(torch.tensor(sum(b["input_ids"].numel() for b in micro))).item())
+        tokens_seen += step_tokens
+        window_tokens += step_tokens
+        train_loss = env.sum(loss_sum).item() / predicted.item()
+        last = {"step": step, "loss": train_loss, "lr": lr, "grad_norm": float(grad_norm), "tokens": tokens_seen}
+        if routers:
+            last.update(_router_metrics(routers, aux_sum))
+        if step % config.log_every == 0 or step == config.steps:
+            elapsed = time.perf_counter() - window_start
+            last["tokens_per_s"] = window_tokens / elapsed if elapsed > 0 else 0.0
+            log(last)
+            window_start, window_tokens = time.perf_counter(), 0
+            bar.set_postfix(loss=f"{train_loss:.3f}", tok_s=f"{last['tokens_per_s']:.0f}")
+        if config.eval_data and (step % config.eval_every == 0 or step == config.steps):
+            model.eval()
+            evals = {
+                name: evaluate(model, path, config.eval_batches, config.batch_size)
+                for name, path in config.eval_data.items()
+            }
+            model.train()
+            log({"step": step, "eval": evals})
+            last["eval"] = evals
+        if step % config.checkpoint_every == 0 or step == config.steps:
+            state = {"tokens_seen": tokens_seen, "data": source.state()}
+            if env.main:
+                save_checkpoint(config.out, step, model, optimizer, state, tokenizer_dir, config.keep_every)
+            if env.world_size > 1:
+                dist.barrier()
+        bar.update(1)
+    bar.close()
+    if env.main:
+        from ctlab.report.plots import loss_curve
+
+        loss_curve(metrics_path, Path(config.out) / "loss.png")
+    return last
+
+
+def _router_metrics(routers: list, aux: float) -> dict:
+    """Expert utilisation over the step: per routed layer the share of assignments per expert
+    (its minimum and maximum), and the mean share of experts each token reaches."""
+    layers = len(routers[0])
+    shares, activation = [], []
+    for layer in range(layers):
+        counts = sum(r[layer].assignments for r in routers)
+        shares.append((counts / counts.sum()).tolist())
+        activation.append(sum(float(r[layer].activation) for r in routers) / len(routers))
+    return {
+        "aux_loss": aux,
+        "expert_share_min": min(min(s) for s in shares),
+        "expert_share_max": max(max(s) for s in shares),
+        "expert_activation": sum(activation) / layers,
+    }
