@@ -177,6 +177,21 @@ def _cmd_train_pretrain(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_eval_early_exit(args: argparse.Namespace) -> int:
+    from ctlab.eval.early_exit import early_exit_report, table
+    from ctlab.tokens.store import StoreError
+
+    try:
+        results = early_exit_report(args.runs, args.data, args.out, args.batches)
+    except FileNotFoundError as err:
+        raise UsageError(str(err)) from err
+    except (StoreError, ValueError) as err:
+        raise UsageError(str(err)) from err
+    print(table(results))
+    print(f"report: {os.path.join(args.out, 'early_exit.json')}, chart: {os.path.join(args.out, 'early_exit.png')}")
+    return 0
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from ctlab.data.recipes import RecipeError, load_recipe
     from ctlab.demo import run_demo
@@ -326,6 +341,20 @@ def build_parser() -> argparse.ArgumentParser:
     pretrain.add_argument("--set", action="append", metavar="KEY=VALUE", help="any config field (repeatable)")
     pretrain.add_argument("--no-progress", action="store_true", help="no progress bar")
     pretrain.set_defaults(handler=_cmd_train_pretrain)
+
+    evaluate = commands.add_parser("eval", help="stage 7: evaluate models")
+    eval_commands = evaluate.add_subparsers(dest="eval_command", metavar="COMMAND", required=True)
+    early_exit = eval_commands.add_parser(
+        "early-exit",
+        help="perplexity when exiting after each layer (LayerSkip)",
+        description="Per-layer perplexity of each RUN's latest checkpoint (or a checkpoint folder) on a packed "
+        "folder, through the shared final norm and head. Prints a table; writes early_exit.json and .png.",
+    )
+    early_exit.add_argument("runs", nargs="+", metavar="RUN", help="run folders or checkpoint folders")
+    early_exit.add_argument("--data", required=True, metavar="PACKED", help="held-out packed folder")
+    early_exit.add_argument("--batches", type=int, default=8, help="batches of 8 sequences (default: 8)")
+    early_exit.add_argument("--out", default="runs/early-exit", metavar="DIR", help="report folder")
+    early_exit.set_defaults(handler=_cmd_eval_early_exit)
     return parser
 
 

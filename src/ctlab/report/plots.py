@@ -8,7 +8,7 @@ from pathlib import Path
 from ctlab.atomic import atomic_write
 
 
-def _figure(width: float = 7.0, height: float = 4.2):
+def new_figure(width: float = 7.0, height: float = 4.2):
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -24,7 +24,7 @@ def save_png(figure, path: str | Path) -> None:
 def loss_curve(metrics_path: str | Path, path: str | Path) -> None:
     """Training loss against tokens seen, with each held-out set's loss, from a metrics.jsonl."""
     records = [json.loads(line) for line in Path(metrics_path).read_text().splitlines() if line.strip()]
-    figure = _figure()
+    figure = new_figure()
     axes = figure.add_subplot()
     train = [(r["tokens"], r["loss"]) for r in records if "loss" in r]
     if train:

@@ -1,0 +1,1 @@
+"""Stage 7: evaluation (early-exit perplexity so far)."""
