@@ -78,6 +78,9 @@ class ModelConfig:
         return cls(**data)
 
     def replace(self, **changes) -> ModelConfig:
+        """A copy with ``changes``; a head_dim that was derived is derived again from the new shape."""
+        if "head_dim" not in changes and self.head_dim == self.hidden_size // self.num_heads:
+            changes["head_dim"] = None
         return dataclasses.replace(self, **changes)
 
 

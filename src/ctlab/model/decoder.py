@@ -83,7 +83,10 @@ class Decoder(nn.Module):
         output_hidden_states: bool = False,
     ) -> DecoderOutput:
         """input_ids (B, T); position_ids (B, T), restarting at 0 at each document of a packed row
-        (default: 0..T-1 after the cache); skip (num_layers, B) bool: samples that bypass a layer."""
+        (default: 0..T-1 after the cache); skip (num_layers, B) bool: samples that bypass a layer
+        (training only: not with a cache)."""
+        if skip is not None and cache is not None:
+            raise ValueError("layer skipping is for training: it cannot be combined with a KV cache")
         past = 0 if cache is None else len(cache)
         if position_ids is None:
             position_ids = torch.arange(past, past + input_ids.shape[1], device=input_ids.device).expand_as(input_ids)
@@ -93,8 +96,16 @@ class Decoder(nn.Module):
         hidden = [x] if output_hidden_states else None
         router: list[RouterStats] = []
         for i, layer in enumerate(self.layers):
-            y, stats = layer(x, rotary, mask, cache)
-            x = y if skip is None else torch.where(skip[i][:, None, None], x, y)
+            if skip is None or not skip[i].any():
+                x, stats = layer(x, rotary, mask, cache)
+            else:  # only the samples that keep this layer go through it (and count in its routing)
+                keep = ~skip[i]
+                stats = None
+                if keep.any():
+                    kept_mask = None if mask is None else mask[keep]
+                    y, stats = layer(x[keep], (rotary[0][keep], rotary[1][keep]), kept_mask, None)
+                    x = x.clone()
+                    x[keep] = y
             if stats is not None:
                 router.append(stats)
             if hidden is not None:

@@ -78,6 +78,7 @@ def hf_config(config: ModelConfig) -> dict:
                 mlp_only_layers=list(config.mlp_only_layers),
                 router_aux_loss_coef=config.router_aux_loss_coef,
                 qkv_bias=config.qkv_bias,
+                head_dim=config.head_dim,
             )
         hf.architectures = [name]
         data = hf.to_dict()
