@@ -11,6 +11,7 @@ import sys
 
 from ctlab import __version__
 
+MAX_SEQ_LEN = 1 << 20  # packing holds arrays of this size; the loader, sequences of it
 REFERENCE_TOKENIZERS = ("Qwen", "Qwen3.6", "DeepSeek", "cl100k")  # ctlab.tokenizer.compare's, without importing it
 
 
@@ -67,13 +68,13 @@ def _cmd_tokenizer_train(args: argparse.Namespace) -> int:
     from ctlab.tokenizer.train import train
 
     try:
-        summary = train(args.corpus, args.out, args.vocab_size, args.min_frequency, progress=not args.no_progress)
+        summary = train(args.corpus, args.out, args.vocab_size, args.min_frequency, not args.no_progress, args.text_key)
     except FileNotFoundError as err:
         raise UsageError(f"input not found: {err}") from err
     except ValueError as err:
         raise UsageError(str(err)) from err
     except OSError as err:
-        raise UsageError(f"cannot write {args.out}: {err.strerror}") from err
+        raise UsageError(f"cannot write {args.out}: {err.strerror or err}") from err
     bad = ", ".join(f"{kind} {count}" for kind, count in sorted(summary["bad_records"].items())) or "none"
     print(
         f"trained a {summary['vocab_size']:,}-token byte-level BPE on {summary['documents']:,} documents "
@@ -108,7 +109,9 @@ def _cmd_data_tokenize(args: argparse.Namespace) -> int:
 
     try:
         sources = parse_sources(args.sources, args.mix)
-        manifest = tokenize(sources, args.tokenizer, args.out, args.workers, args.seed, not args.no_progress)
+        manifest = tokenize(
+            sources, args.tokenizer, args.out, args.workers, args.seed, not args.no_progress, args.text_key
+        )
     except TokenizeError as err:
         raise UsageError(str(err)) from err
     print(mix_table(manifest))
@@ -123,14 +126,14 @@ def _cmd_data_pack(args: argparse.Namespace) -> int:
     from ctlab.tokens.packed import stats_table, write_packing
     from ctlab.tokens.store import StoreError
 
-    if args.seq_len < 2:
-        raise UsageError("--seq-len must be at least 2")
+    if not 2 <= args.seq_len <= MAX_SEQ_LEN:
+        raise UsageError(f"--seq-len must be between 2 and {MAX_SEQ_LEN:,}")
     try:
         stats = write_packing(args.tokens, args.out, args.seq_len, args.strategy)
     except StoreError as err:
         raise UsageError(str(err)) from err
     except OSError as err:
-        raise UsageError(f"cannot write {args.out}: {err.strerror}") from err
+        raise UsageError(f"cannot pack into {args.out}: {err.strerror or err}") from err
     print(stats_table(stats))
     print(f"packed: {args.out}")
     return 0
@@ -262,8 +265,9 @@ def build_parser() -> argparse.ArgumentParser:
     tokenize.add_argument("--tokenizer", required=True, metavar="DIR", help="tokenizer folder (tokenizer.json)")
     tokenize.add_argument("--out", required=True, metavar="DIR", help="output tokens folder")
     tokenize.add_argument("--mix", metavar="NAME=W,...", help="token shares by source, e.g. zh=2.8,en=1,code=0.3")
-    tokenize.add_argument("--workers", type=int, default=1, help="parallel processes (default: 1)")
+    tokenize.add_argument("--workers", type=int, default=1, help="parallel processes, one input file each (default: 1)")
     tokenize.add_argument("--seed", type=int, default=0, help="seed of the mix's document sampling (default: 0)")
+    tokenize.add_argument("--text-key", default="text", help="JSONL/Parquet field holding the text (default: text)")
     tokenize.add_argument("--no-progress", action="store_true", help="no progress bar")
     tokenize.set_defaults(handler=_cmd_data_tokenize)
 
@@ -292,6 +296,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--out", required=True, metavar="DIR", help="output tokenizer folder")
     train.add_argument("--vocab-size", type=int, required=True, metavar="N", help="vocabulary size")
     train.add_argument("--min-frequency", type=int, default=2, help="least count of a merged pair (default: 2)")
+    train.add_argument("--text-key", default="text", help="JSONL/Parquet field holding the text (default: text)")
     train.add_argument("--no-progress", action="store_true", help="no progress bars")
     train.set_defaults(handler=_cmd_tokenizer_train)
 

@@ -70,11 +70,14 @@ def expand_inputs(paths: list[str]) -> list[str]:
 
 def corpus_files(paths: list[str]) -> list[str]:
     """Like :func:`expand_inputs`, except that the folder of a ``ctlab data clean`` run stands for
-    its clean documents only (``clean/*.jsonl.gz``), so later stages can be pointed at a run."""
+    its clean documents only (``clean/*.jsonl.gz``), so later stages can be pointed at a run; an
+    unfinished run is refused (ValueError)."""
     files: list[str] = []
     for p in paths:
         clean = Path(p, "clean")
         if Path(p, "run.json").is_file() and clean.is_dir():
+            if not Path(p, "stats.json").is_file():
+                raise ValueError(f"{p} is a `ctlab data clean` run that has not finished (no stats.json)")
             files.extend(str(f) for f in sorted(clean.glob("*.jsonl.gz")) if not f.name.startswith("."))
         else:
             files.extend(expand_inputs([p]))

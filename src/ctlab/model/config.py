@@ -79,6 +79,9 @@ class ModelConfig:
 
     def replace(self, **changes) -> ModelConfig:
         """A copy with ``changes``; a head_dim that was derived is derived again from the new shape."""
+        unknown = sorted(set(changes) - {f.name for f in dataclasses.fields(self)})
+        if unknown:
+            raise ValueError(f"unknown model config field(s): {', '.join(unknown)}")
         if "head_dim" not in changes and self.head_dim == self.hidden_size // self.num_heads:
             changes["head_dim"] = None
         return dataclasses.replace(self, **changes)

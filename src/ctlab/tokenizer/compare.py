@@ -82,6 +82,7 @@ def _hf_encoder(name: str, path: str | Path) -> _Encoder:
     from tokenizers import Tokenizer
 
     tokenizer = Tokenizer.from_file(str(path))
+    tokenizer.encode_special_tokens = True  # "<|endoftext|>" in the text counts as the characters it is
 
     def count(texts: list[str]) -> int:
         return sum(len(e.ids) for e in tokenizer.encode_batch(texts, add_special_tokens=False))

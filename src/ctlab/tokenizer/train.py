@@ -70,6 +70,8 @@ def untrained_tokenizer() -> Tokenizer:
 def train_tokenizer(texts: Iterable[str], vocab_size: int, min_frequency: int = 2, progress: bool = True) -> Tokenizer:
     """Byte-level BPE trained on ``texts``: 256 byte tokens, the special tokens, then merges up
     to ``vocab_size`` in all. Deterministic for the same texts in the same order."""
+    if min_frequency < 0:
+        raise ValueError("--min-frequency must be at least 0")
     if vocab_size < MIN_VOCAB:
         raise ValueError(f"--vocab-size must be at least {MIN_VOCAB} (256 bytes + {len(SPECIAL_TOKENS)} special)")
     tokenizer = untrained_tokenizer()
@@ -88,6 +90,24 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int, min_frequency: int = 
     return tokenizer
 
 
+TOKENIZER_FILES = {"tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "special_tokens_map.json"}
+
+
+def check_output_folder(out_dir: str) -> Path:
+    """The absolute ``out_dir`` if a tokenizer may be written there: absent, empty, or holding
+    only tokenizer files (which are replaced); anything else is refused (ValueError)."""
+    out = Path(out_dir).absolute()
+    if out.exists():
+        if not out.is_dir():
+            raise ValueError(f"{out_dir} is a file: choose another --out")
+        others = sorted(p.name for p in out.iterdir() if p.name not in TOKENIZER_FILES | {"training.json"})
+        if others:
+            raise ValueError(f"{out_dir} holds other files ({', '.join(others[:3])}): choose another --out")
+    elif not os.access(next(p for p in out.parents if p.exists()), os.W_OK):
+        raise ValueError(f"cannot create {out_dir}: permission denied")
+    return out
+
+
 def save_tokenizer(tokenizer: Tokenizer, out_dir: str, training: dict | None = None) -> None:
     """Write ``out_dir`` in Hugging Face format (tokenizer.json, tokenizer_config.json, chat
     template) plus ``training.json``; the folder appears complete or not at all. An existing
@@ -103,16 +123,16 @@ def save_tokenizer(tokenizer: Tokenizer, out_dir: str, training: dict | None = N
         chat_template=CHAT_TEMPLATE,
         clean_up_tokenization_spaces=False,
     )
-    out = Path(out_dir).absolute()
-    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / "tokenizer.json").is_file())):
-        raise ValueError(f"{out_dir} exists and is not a tokenizer folder: choose another --out")
+    out = check_output_folder(out_dir)
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
         hf.save_pretrained(staging)
         config_path = staging / "tokenizer_config.json"
         config = json.loads(config_path.read_text())
-        config["tokenizer_class"] = "PreTrainedTokenizerFast"  # the name transformers 4.x, vLLM and lm-eval know too
+        # the names transformers 4.x, vLLM and lm-eval read too
+        config["tokenizer_class"] = "PreTrainedTokenizerFast"
+        config["additional_special_tokens"] = config.pop("extra_special_tokens", list(ROLE_TOKENS))
         config_path.write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n")
         if training is not None:
             (staging / "training.json").write_text(json.dumps(training, indent=2, ensure_ascii=False) + "\n")
@@ -157,9 +177,17 @@ def file_digest(path: str | Path) -> str:
     return digest.hexdigest()
 
 
-def train(corpus: list[str], out_dir: str, vocab_size: int, min_frequency: int = 2, progress: bool = True) -> dict:
+def train(
+    corpus: list[str],
+    out_dir: str,
+    vocab_size: int,
+    min_frequency: int = 2,
+    progress: bool = True,
+    text_key: str = "text",
+) -> dict:
     """Train on the documents of ``corpus`` and save to ``out_dir``; returns the training summary."""
-    texts = CorpusTexts(corpus, progress=progress)
+    check_output_folder(out_dir)  # before hours of training, not after
+    texts = CorpusTexts(corpus, text_key=text_key, progress=progress)
     if not texts.files:
         raise ValueError("no input files found in " + ", ".join(corpus))
     started = time.perf_counter()

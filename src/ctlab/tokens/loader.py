@@ -59,6 +59,8 @@ class PackedLoader:
         self.dataset = dataset if isinstance(dataset, PackedDataset) else PackedDataset(dataset)
         if len(self.dataset) == 0:
             raise ValueError("the packed folder holds no sequences")
+        if position < 0:
+            raise ValueError(f"the stream position cannot be negative ({position})")
         if batch_size < 1 or world_size < 1 or not 0 <= rank < world_size:
             raise ValueError(f"bad loader shape: batch_size={batch_size}, rank={rank}, world_size={world_size}")
         self.batch_size = batch_size

@@ -46,7 +46,10 @@ class TokenStore:
         path = self.folder / MANIFEST
         if not path.is_file():
             raise StoreError(f"{folder} is not a tokens folder (no {MANIFEST}; make one with `ctlab data tokenize`)")
-        self.manifest = json.loads(path.read_text())
+        try:
+            self.manifest = json.loads(path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise StoreError(f"{path} is damaged ({err}): run `ctlab data tokenize` again") from None
         if self.manifest.get("format") != FORMAT:
             raise StoreError(f"{path} has format {self.manifest.get('format')!r}, expected {FORMAT!r}")
         self.dtype = np.dtype(self.manifest["dtype"])
@@ -57,6 +60,11 @@ class TokenStore:
                 self.shards.append(ShardInfo(shard["name"], source["name"], shard["documents"], shard["tokens"], base))
                 base += shard["tokens"]
         self.total_tokens = base
+        for shard in self.shards:
+            data = self.folder / "shards" / f"{shard.name}.bin"
+            expected = shard.tokens * self.dtype.itemsize
+            if not data.is_file() or data.stat().st_size != expected:
+                raise StoreError(f"{data} is missing or not {expected:,} bytes long: run `ctlab data tokenize` again")
         self._bases = np.array([s.base for s in self.shards] + [base], dtype=np.int64)
         self._maps: dict[int, np.ndarray] = {}
 

@@ -61,6 +61,8 @@ def parse_sources(specs: list[str], mix: str | None) -> list[Source]:
         weights: dict[str, float] = {}
         for item in mix.split(","):
             name, _, value = item.partition("=")
+            if name.strip() in weights:
+                raise TokenizeError(f"--mix names {name.strip()!r} twice")
             try:
                 weights[name.strip()] = float(value)
             except ValueError:
@@ -76,6 +78,8 @@ def parse_sources(specs: list[str], mix: str | None) -> list[Source]:
             source.files = corpus_files(source.inputs)
         except FileNotFoundError as err:
             raise TokenizeError(f"input not found: {err}") from None
+        except ValueError as err:
+            raise TokenizeError(str(err)) from None
         if not source.files:
             raise TokenizeError(f"source {source.name!r} has no input files")
     return list(sources.values())
@@ -141,11 +145,14 @@ def _init_worker(tokenizer_json: str, threads: int | None) -> None:
     _worker_tokenizer.encode_special_tokens = True  # "<|endoftext|>" in a document is text, not EOS
 
 
-def tokenize_file(path: str, shard_path: str, bos_id: int | None, eos_id: int, dtype: str) -> dict:
+def tokenize_file(
+    path: str, shard_path: str, bos_id: int | None, eos_id: int, dtype: str, text_key: str = "text"
+) -> dict:
     """Tokenise every document of ``path`` into ``shard_path``.{bin,idx.npy,json}; returns the shard's
     record (also written as its .json, last, which marks the shard complete)."""
     shard = Path(shard_path)
-    reader = CorpusReader([path], progress=False)
+    identity = _input_identity(path)  # before reading: a file changed meanwhile is redone next time
+    reader = CorpusReader([path], text_key=text_key, progress=False)
     prefix = [] if bos_id is None else [bos_id]
     offsets = [0]
     counts = {"characters": 0, "bad_records": {}}
@@ -174,7 +181,7 @@ def tokenize_file(path: str, shard_path: str, bos_id: int | None, eos_id: int, d
     record = {
         "name": shard.name,
         "input": path,
-        "input_bytes": os.path.getsize(path),
+        **identity,
         "documents": len(offsets) - 1,
         "tokens": offsets[-1],
         **counts,
@@ -195,6 +202,8 @@ def choose_mix(sources: list[dict], seed: int) -> list[np.ndarray]:
     totals = [int(s["lengths"].sum()) for s in sources]
     if any(s["weight"] is None for s in sources):
         return [np.arange(len(s["lengths"]), dtype=np.int64) for s in sources]
+    if 0 in totals:
+        raise ValueError("a source with no documents cannot be mixed by weight")
     weight_sum = sum(s["weight"] for s in sources)
     scale = min(total / (s["weight"] / weight_sum) for s, total in zip(sources, totals, strict=True))
     chosen = []
@@ -229,7 +238,10 @@ def mix_table(manifest: dict) -> str:
             )
         )
     lines = [text_table(rows)]
-    bad = {k: v for s in manifest["sources"] for k, v in s["bad_records"].items()}
+    bad: dict[str, int] = {}
+    for source in manifest["sources"]:
+        for kind, count in source["bad_records"].items():
+            bad[kind] = bad.get(kind, 0) + count
     if bad:
         lines.append("bad records (skipped): " + ", ".join(f"{k} {v}" for k, v in sorted(bad.items())))
     return "\n".join(lines)
@@ -244,13 +256,21 @@ def _claim_folder(out_dir: Path, run: dict) -> None:
                 raise TokenizeError(
                     f"{out_dir} holds tokens of other inputs or another tokenizer: choose another --out"
                 )
+            for leftover in (out_dir / "shards").glob(".tmp.*"):  # a killed run's partial files
+                leftover.unlink(missing_ok=True)
             return
         if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
             raise TokenizeError(f"{out_dir} is not empty and not a tokens folder: choose another --out")
         (out_dir / "shards").mkdir(parents=True, exist_ok=True)
         write_json(run_path, run)
     except OSError as err:
-        raise TokenizeError(f"cannot write to {out_dir}: {err.strerror}") from None
+        raise TokenizeError(f"cannot write to {out_dir}: {err.strerror or err}") from None
+
+
+def _input_identity(path: str) -> dict:
+    """What tells a changed input file apart: its size and modification time."""
+    stat = os.stat(path)
+    return {"input_bytes": stat.st_size, "input_mtime_ns": stat.st_mtime_ns}
 
 
 def _run_units(pending: list[tuple], tokenizer_json: str, workers: int, progress: bool) -> list[dict]:
@@ -304,17 +324,19 @@ def tokenize(
     workers: int = 1,
     seed: int = 0,
     progress: bool = True,
+    text_key: str = "text",
 ) -> dict:
     """Tokenise ``sources`` into the tokens folder ``out`` (see :mod:`ctlab.tokens.store`) and
     choose the mix; returns the manifest. Rerunning resumes; a folder made from other inputs or
     another tokenizer is refused."""
     if workers < 1:
         raise TokenizeError("--workers must be at least 1")
+    if seed < 0:
+        raise TokenizeError("--seed must be at least 0")
     info = TokenizerInfo.load(tokenizer_dir)
     out_dir = Path(out)
-    _claim_folder(
-        out_dir, {"format": FORMAT, "tokenizer_sha256": info.sha256, "sources": {s.name: s.files for s in sources}}
-    )
+    run = {"format": FORMAT, "tokenizer_sha256": info.sha256, "text_key": text_key}
+    _claim_folder(out_dir, {**run, "sources": {s.name: s.files for s in sources}})
 
     shard_dir = out_dir / "shards"
     shard_paths = {s.name: [str(shard_dir / f"{s.name}-{k:05d}") for k in range(len(s.files))] for s in sources}
@@ -323,20 +345,25 @@ def tokenize(
     for source in sources:
         for path, shard_path in zip(source.files, shard_paths[source.name], strict=True):
             done = Path(shard_path + ".json")  # written last: the shard is complete
-            if done.is_file():
-                records[shard_path] = json.loads(done.read_text())
-            else:
-                pending.append((path, shard_path, info.bos_id, info.eos_id, info.dtype))
+            record = json.loads(done.read_text()) if done.is_file() else None
+            if record is not None and all(record.get(k) == v for k, v in _input_identity(path).items()):
+                records[shard_path] = record
+            else:  # not done, or its input file changed since
+                pending.append((path, shard_path, info.bos_id, info.eos_id, info.dtype, text_key))
     for args, record in zip(pending, _run_units(pending, info.path, workers, progress), strict=True):
         records[args[1]] = record
 
-    (out_dir / MANIFEST).unlink(missing_ok=True)  # the folder is incomplete until the new manifest is written
     entries, lengths = [], []
     for source in sources:
         shards = [records[p] for p in shard_paths[source.name]]
         entries.append(_source_entry(source, shards))
         lengths.append(np.concatenate([np.diff(np.load(Path(p + ".idx.npy"))) for p in shard_paths[source.name]]))
+    empty = [e["name"] for e in entries if e["documents"] == 0]
+    if empty:
+        bad = {e["name"]: e["bad_records"] for e in entries if e["name"] in empty}
+        raise TokenizeError(f"source(s) {', '.join(empty)} hold no documents (bad records: {bad}); check --text-key")
     chosen = choose_mix([{"weight": s.weight, "lengths": n} for s, n in zip(sources, lengths, strict=True)], seed)
+    (out_dir / MANIFEST).unlink(missing_ok=True)  # the folder is incomplete until the new manifest is written
     mix_dir = out_dir / "mix"
     shutil.rmtree(mix_dir, ignore_errors=True)
     mix_dir.mkdir()

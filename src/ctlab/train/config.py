@@ -17,8 +17,9 @@ class LayerSkipConfig:
     p_max: dropout rate of the last layer (0: off); per layer D(l) = e^{l·ln2/(L−1)} − 1;
     per step S(t) = e^{t·ln2/(T−1)} − 1 when ``scale_by_step`` (pretraining from scratch), else 1.
     early_exit: "none", "rotational" (layer l active when l mod R = t mod R) or "gradual" (layers
-    switch on from the last backwards, one every ``curriculum_steps`` / L steps); the last layer is
-    always active. e_scale: per-layer loss weights grow with depth as e_scale^l (normalised).
+    switch on from the last backwards, one every ``curriculum_steps`` / (L − 1) steps, all on at
+    ``curriculum_steps``); the last layer is always active. e_scale: the early layers' loss scale
+    (see :mod:`ctlab.train.layerskip`; 0 puts all weight on the last layer).
     """
 
     p_max: float = 0.0
@@ -62,10 +63,22 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         if isinstance(self.layerskip, dict):
+            unknown = sorted(set(self.layerskip) - {f.name for f in dataclasses.fields(LayerSkipConfig)})
+            if unknown:
+                raise ValueError(f"unknown layerskip field(s): {', '.join(unknown)}")
             self.layerskip = LayerSkipConfig(**self.layerskip)
 
     def validate(self) -> None:
         problems = []
+        for section in (self, self.layerskip):
+            for f in dataclasses.fields(section):
+                value, kind = getattr(section, f.name), str(f.type)
+                if kind in ("int", "float") and (isinstance(value, bool) or not isinstance(value, int | float)):
+                    problems.append(f"{f.name} must be a number, not {value!r}")
+                elif kind == "bool" and not isinstance(value, bool):
+                    problems.append(f"{f.name} must be true or false, not {value!r}")
+        if problems:
+            raise ValueError("; ".join(problems))
         if not self.data:
             problems.append("data (a packed folder) is required")
         if not self.out:

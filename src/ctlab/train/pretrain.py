@@ -28,12 +28,14 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from ctlab.atomic import write_json
+from ctlab.atomic import atomic_write, write_json
 from ctlab.model.config import ModelConfig, preset
 from ctlab.model.decoder import Decoder
 from ctlab.model.hf import load_pretrained
+from ctlab.tokenizer.train import file_digest
 from ctlab.tokens.loader import PackedLoader, collate
 from ctlab.tokens.packed import IGNORE_INDEX, PackedDataset
+from ctlab.tokens.store import StoreError
 from ctlab.train import layerskip
 from ctlab.train.checkpoint import completed_checkpoints, load_checkpoint, save_checkpoint
 from ctlab.train.config import TrainConfig
@@ -197,9 +199,12 @@ def pretrain(config: TrainConfig, progress: bool = True) -> dict:
     """Train (or resume) the run described by ``config``; returns the final metrics."""
     config.validate()
     env = setup_distributed()
-    _claim_run(config, env)
-    source = BatchSource(config, env)
+    source = BatchSource(config, env)  # a bad --data is refused before the run folder is touched
     tokens_manifest = source.main.dataset.store.manifest
+    tokenizer_json = Path(tokens_manifest["tokenizer"]["path"])
+    if not tokenizer_json.is_file() or file_digest(tokenizer_json) != tokens_manifest["tokenizer"]["sha256"]:
+        raise StoreError(f"{tokenizer_json} is not the tokenizer {config.data} was tokenised with")
+    _claim_run(config, env)
     model = build_model(config, tokens_manifest).to(env.device)
     optimizer = _optimizer(model, config)
     step, tokens_seen = 0, 0
@@ -208,6 +213,8 @@ def pretrain(config: TrainConfig, progress: bool = True) -> dict:
         state = load_checkpoint(checkpoints[-1][1], model, optimizer)
         step, tokens_seen = state["step"], state["tokens_seen"]
         source.restore(state["data"])
+        if env.main:
+            _truncate_metrics(Path(config.out) / "metrics.jsonl", step)
     elif config.seed is not None:
         torch.manual_seed(config.seed)
     trained = model
@@ -298,6 +305,25 @@ def pretrain(config: TrainConfig, progress: bool = True) -> dict:
         from ctlab.report.plots import loss_curve
 
         loss_curve(metrics_path, Path(config.out) / "loss.png")
+    return last or last_metrics(metrics_path)
+
+
+def _truncate_metrics(path: Path, step: int) -> None:
+    """Keep the records up to ``step``: the steps after the checkpoint are about to be redone."""
+    if path.is_file():
+        kept = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= step]
+        atomic_write(path, lambda f: f.write("".join(line + "\n" for line in kept).encode()))
+
+
+def last_metrics(path: Path) -> dict:
+    """The last training record of a metrics.jsonl, with the last evaluation folded in."""
+    last: dict = {}
+    for line in path.read_text().splitlines() if path.is_file() else []:
+        record = json.loads(line)
+        if "loss" in record:
+            last = {**record, "eval": last.get("eval", {})}
+        elif "eval" in record:
+            last["eval"] = record["eval"]
     return last
 
 
