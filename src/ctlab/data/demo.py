@@ -109,21 +109,22 @@ def english_paragraphs() -> list[str]:
     return [p for p in paragraphs if len(p) > 200 and p.count(" ") > 30 and not p.startswith(("..", "|", "`"))]
 
 
-def heldout_chinese() -> list[str]:
-    """Chinese text no demo step trains on: the inews test split (990 non-empty articles, 1.27M
-    characters), normalised as cleaning normalises the corpora tokenizers are trained on (NFKC,
-    half-width punctuation, links stripped)."""
+def normalized(texts: list[str]) -> list[str]:
+    """``texts`` normalised as cleaning normalises them (NFKC, half-width punctuation, links
+    stripped); texts left empty are dropped."""
     from datatrove.data import Document
 
     from ctlab.data.normalize import Normalize, NormalizeConfig
 
     normalize = Normalize(NormalizeConfig(max_bracket_ratio=None))
-    texts = []
-    for i, (title, text) in enumerate(inews_articles(("test",))):
-        doc = Document(text=f"{title}\n{text}", id=str(i))
-        if normalize.process(doc):
-            texts.append(doc.text)
-    return texts
+    documents = [Document(text=text, id=str(i)) for i, text in enumerate(texts)]
+    return [doc.text for doc in documents if normalize.process(doc)]
+
+
+def heldout_chinese() -> list[str]:
+    """Chinese text no demo step trains on: the inews test split (990 non-empty articles, 1.27M
+    characters), normalised as cleaning normalises the corpora tokenizers are trained on."""
+    return normalized([f"{title}\n{text}" for title, text in inews_articles(("test",))])
 
 
 def heldout_english() -> list[str]:
