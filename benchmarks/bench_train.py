@@ -57,7 +57,8 @@ def step_rate(step, steps: int) -> float:
 
 def model_flops_per_token(model: Decoder) -> float:
     c = model.config
-    attention = 2 * 2 * c.num_layers * LENGTH * c.num_heads * c.head_dim  # QK^T and AV, causal half, fwd+bwd ×3
+    # QK^T and AV per token (full T × T products, as SDPA computes them), forward + backward = 3×
+    attention = 2 * 2 * c.num_layers * LENGTH * c.num_heads * c.head_dim
     return 6 * (model.num_parameters(active=True) - model.embed_tokens.weight.numel()) + 3 * attention
 
 

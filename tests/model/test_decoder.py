@@ -433,5 +433,6 @@ def test_tiny_mhmoe_active_parameters():
     dense = _dense_count(config) - config.num_layers * 3 * d * config.intermediate_size
     per_layer = 2 * d * d + sub * e + e * 3 * sub * i
     assert model.num_parameters() == dense + config.num_layers * per_layer
-    active = dense + config.num_layers * (2 * d * d + sub * e + k * 3 * sub * i)
+    # each of a token's h sub-tokens uses k experts: h·k of the E experts' weights per token (at most all)
+    active = dense + config.num_layers * (2 * d * d + sub * e + min(h * k, e) * 3 * sub * i)
     assert model.num_parameters(active=True) == active

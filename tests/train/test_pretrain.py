@@ -180,7 +180,7 @@ def test_run_a_keeps_only_the_last_checkpoint(run_a):
     assert not list((Path(run_a.out) / "checkpoints").glob(".tmp-*"))
     state = json.loads((Path(run_a.out) / "checkpoints" / "step-00000008" / "trainer_state.json").read_text())
     assert state["step"] == 8 and state["tokens_seen"] == 8 * 4 * 64
-    assert state["data"] == {"main": 8 * 4, "replay": None}
+    assert state["data"] == {"main": 8 * 4, "replay": None, "global_batch_size": 4}
 
 
 def test_resume_after_sigkill_during_a_save_equals_an_uninterrupted_run(tmp_path, run_a):
@@ -361,7 +361,7 @@ def test_continual_pretraining_from_a_checkpoint_with_replay(tmp_path, run_a, pa
     assert evals[0]["zh"]["loss"] == pytest.approx(eval_records(run_a.out)[8]["zh"]["loss"], rel=1e-6)
     # each micro-batch of 4 rows holds 3 rows of the new data and 1 of the replayed data
     state = json.loads((completed_checkpoints(config.out)[-1][1] / "trainer_state.json").read_text())
-    assert state["data"] == {"main": 6 * 3, "replay": 6 * 1}
+    assert state["data"] == {"main": 6 * 3, "replay": 6 * 1, "global_batch_size": 3}
     # the learning rate re-warms from zero and re-decays over the new run
     steps = step_records(config.out)
     assert steps[1]["lr"] == pytest.approx(config.lr / config.warmup_steps)
@@ -382,7 +382,7 @@ def test_batch_source_draws_the_replay_rows(tmp_path, packed_english, packed_tra
         expected += [replay_data[i]["input_ids"] for i in replay_loader.next_indices()]
         assert batch["input_ids"].shape == (4, 64)
         assert torch.equal(batch["input_ids"], torch.from_numpy(np.stack(expected)))
-    assert source.state() == {"main": 9, "replay": 3}
+    assert source.state() == {"main": 9, "replay": 3, "global_batch_size": 3}
 
 
 # -- MoE and MH-MoE -----------------------------------------------------------------------------------
@@ -552,3 +552,15 @@ def test_metrics_and_loss_curve(run_a):
             assert held_out["ppl"] == pytest.approx(math.exp(held_out["loss"]))
             assert held_out["tokens"] > 0
     assert evals[8]["zh"]["loss"] < evals[0]["zh"]["loss"]
+
+
+def test_moe_with_layer_dropout_and_accumulation_logs_only_the_layers_it_ran(packed_train, tmp_path):
+    # with batch 1, a micro-batch whose one sample skips a routed layer has no statistics for it
+    skips = {"p_max": 0.9, "scale_by_step": False}
+    config = make_config(
+        packed_train, tmp_path / "run", preset="tiny-moe", steps=4, batch_size=1, grad_accum=2, layerskip=skips
+    )
+    config.model["num_layers"] = 4
+    final = pretrain(config, progress=False)
+    assert final["step"] == 4
+    assert 0.0 <= final["expert_share_min"] <= final["expert_share_max"] <= 1.0

@@ -58,8 +58,8 @@ def per_layer_loss(model: Decoder, data: str, batches: int = 8, batch_size: int 
 def table(results: dict[str, list[dict]]) -> str:
     names = list(results)
     rows = [("layer", *(f"{n} ppl" for n in names))]
-    for i in range(len(results[names[0]])):
-        rows.append((str(i + 1), *(f"{results[n][i]['ppl']:.2f}" for n in names)))
+    for i in range(max(len(r) for r in results.values())):
+        rows.append((str(i + 1), *(f"{results[n][i]['ppl']:.2f}" if i < len(results[n]) else "-" for n in names)))
     return text_table(rows)
 
 
@@ -83,7 +83,8 @@ def early_exit_report(runs: list[str], data: str, out: str, batches: int = 8) ->
     results = {}
     for run in runs:
         checkpoint = resolve_checkpoint(run)
-        results[Path(run).name] = per_layer_loss(load_pretrained(checkpoint), data, batches)
+        name = Path(run).name if sum(Path(r).name == Path(run).name for r in runs) == 1 else str(run)
+        results[name] = per_layer_loss(load_pretrained(checkpoint), data, batches)
     Path(out).mkdir(parents=True, exist_ok=True)
     write_json(Path(out) / "early_exit.json", results)
     plot(results, Path(out) / "early_exit.png")

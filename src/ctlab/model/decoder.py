@@ -22,12 +22,12 @@ from ctlab.model.moe import MultiHeadMoE, RouterStats, SparseMoE, load_balancing
 class DecoderOutput:
     """logits: (B, T, V); hidden_states: the input embeddings and every layer's output, each
     (B, T, d), when asked for; aux_loss: the load-balancing loss (0 for a dense model);
-    router: each routed layer's statistics."""
+    router: each routed layer's statistics, None for one that every sample skipped."""
 
     logits: torch.Tensor
     hidden_states: list[torch.Tensor] | None
     aux_loss: torch.Tensor
-    router: list[RouterStats]
+    router: list[RouterStats | None]
 
 
 class DecoderLayer(nn.Module):
@@ -94,7 +94,7 @@ class Decoder(nn.Module):
         rotary = rotary_tables(position_ids, self.config.head_dim, self.config.rope_theta, x.dtype)
         mask = document_mask(position_ids, past)
         hidden = [x] if output_hidden_states else None
-        router: list[RouterStats] = []
+        router: list[RouterStats | None] = []
         for i, layer in enumerate(self.layers):
             if skip is None or not skip[i].any():
                 x, stats = layer(x, rotary, mask, cache)
@@ -106,12 +106,13 @@ class Decoder(nn.Module):
                     y, stats = layer(x[keep], (rotary[0][keep], rotary[1][keep]), kept_mask, None)
                     x = x.clone()
                     x[keep] = y
-            if stats is not None:
+            if self.config.is_sparse(i):
                 router.append(stats)
             if hidden is not None:
                 hidden.append(x)
         logits = self.exit_logits(x)
-        aux = load_balancing_loss(router, self.config.num_experts) if router else logits.new_zeros(())
+        routed = [s for s in router if s is not None]
+        aux = load_balancing_loss(routed, self.config.num_experts) if routed else logits.new_zeros(())
         return DecoderOutput(logits, hidden, aux, router)
 
     def num_parameters(self, active: bool = False) -> int:
@@ -123,5 +124,7 @@ class Decoder(nn.Module):
         for module in self.modules():
             if isinstance(module, SparseMoE | MultiHeadMoE):
                 experts = sum(p.numel() for p in module.experts.parameters())
-                total -= experts - experts * module.k // self.config.num_experts
+                # per token: k experts, for each of MH-MoE's h sub-tokens (each 1/h of the width)
+                share = min(module.k * getattr(module, "heads", 1), self.config.num_experts)
+                total -= experts - experts * share // self.config.num_experts
         return total

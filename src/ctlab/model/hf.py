@@ -111,8 +111,6 @@ def to_hf_state(model: Decoder) -> dict[str, torch.Tensor]:
         out.update({dst + "self_attn.q_proj.weight": q, dst + "self_attn.k_proj.weight": k})
         out[dst + "self_attn.v_proj.weight"] = v
         bias = state.get(src + "attention.qkv_proj.bias")
-        if bias is None and architecture(config) != "LlamaForCausalLM" and config.qkv_bias:
-            bias = torch.zeros(q_size + 2 * kv_size)
         if bias is not None:
             for name, part in zip("qkv", _split_rows(bias, [q_size, kv_size, kv_size]), strict=True):
                 out[dst + f"self_attn.{name}_proj.bias"] = part

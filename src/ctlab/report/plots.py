@@ -21,18 +21,28 @@ def save_png(figure, path: str | Path) -> None:
     atomic_write(path, lambda f: figure.savefig(f, format="png", dpi=120))
 
 
+def read_metrics(path: Path) -> list[dict]:
+    """The records of a metrics.jsonl; a line cut short by a kill is left out."""
+    records = []
+    for line in path.read_text().splitlines() if path.is_file() else []:
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return records
+
+
 def loss_curve(metrics_path: str | Path, path: str | Path) -> None:
     """Training loss against tokens seen, with each held-out set's loss, from a metrics.jsonl."""
-    records = [json.loads(line) for line in Path(metrics_path).read_text().splitlines() if line.strip()]
+    records = read_metrics(Path(metrics_path))
     figure = new_figure()
     axes = figure.add_subplot()
     train = [(r["tokens"], r["loss"]) for r in records if "loss" in r]
     if train:
         axes.plot(*zip(*train, strict=True), label="train")
-    tokens_at = {r["step"]: r["tokens"] for r in records if "tokens" in r}
     evals = [r for r in records if "eval" in r]
     for name in sorted({n for r in evals for n in r["eval"]}):
-        points = [(tokens_at.get(r["step"], 0), r["eval"][name]["loss"]) for r in evals if name in r["eval"]]
+        points = [(r.get("tokens", 0), r["eval"][name]["loss"]) for r in evals if name in r["eval"]]
         axes.plot(*zip(*points, strict=True), marker="o", label=f"held-out {name}")
     axes.set_xlabel("tokens")
     axes.set_ylabel("cross-entropy (nats/token)")

@@ -59,7 +59,6 @@ class TrainConfig:
     replay_data: str | None = None  # continual: packed folder of the old data
     replay_ratio: float = 0.0  # share of each batch drawn from replay_data
     layerskip: LayerSkipConfig = field(default_factory=LayerSkipConfig)
-    ddp: str = "ddp"  # ddp or fsdp under torchrun
 
     def __post_init__(self) -> None:
         if isinstance(self.layerskip, dict):
@@ -83,6 +82,8 @@ class TrainConfig:
             problems.append("data (a packed folder) is required")
         if not self.out:
             problems.append("out (a run folder) is required")
+        if problems:
+            raise ValueError("; ".join(problems))
         for name in ("steps", "batch_size", "grad_accum", "log_every", "eval_every", "checkpoint_every"):
             if getattr(self, name) < 1:
                 problems.append(f"{name} must be at least 1")
@@ -90,14 +91,27 @@ class TrainConfig:
             problems.append("dtype must be fp32 or bf16")
         if not 0 <= self.replay_ratio < 1:
             problems.append("replay_ratio must be in [0, 1)")
-        if self.replay_ratio > 0 and not self.replay_data:
-            problems.append("replay_ratio needs replay_data")
+        elif self.replay_ratio > 0:
+            rows = round(self.batch_size * self.replay_ratio)
+            if not self.replay_data:
+                problems.append("replay_ratio needs replay_data")
+            if not 1 <= rows < self.batch_size:
+                problems.append(f"replay_ratio {self.replay_ratio} gives {rows} of {self.batch_size} rows per batch")
+        for name in ("warmup_steps", "keep_every"):
+            if getattr(self, name) < 0:
+                problems.append(f"{name} must be at least 0")
+        if not 0 <= self.min_lr_ratio <= 1:
+            problems.append("min_lr_ratio must be in [0, 1]")
+        if self.grad_clip <= 0 or self.eval_batches < 1 or self.lr <= 0:
+            problems.append("grad_clip and lr must be positive, eval_batches at least 1")
+        if self.layerskip.rotation < 1 or self.layerskip.curriculum_steps < 0 or self.layerskip.e_scale < 0:
+            problems.append("layerskip: rotation must be at least 1, curriculum_steps and e_scale at least 0")
+        if not isinstance(self.model, dict) or not isinstance(self.eval_data, dict):
+            problems.append("model and eval_data are mappings (field: value, name: packed folder)")
         if not 0 <= self.layerskip.p_max < 1:
             problems.append("layerskip.p_max must be in [0, 1)")
         if self.layerskip.early_exit not in ("none", "rotational", "gradual"):
             problems.append("layerskip.early_exit must be none, rotational or gradual")
-        if self.ddp not in ("ddp", "fsdp"):
-            problems.append("ddp must be ddp or fsdp")
         if problems:
             raise ValueError("; ".join(problems))
 

@@ -32,6 +32,7 @@ from ctlab.atomic import atomic_write, write_json
 from ctlab.model.config import ModelConfig, preset
 from ctlab.model.decoder import Decoder
 from ctlab.model.hf import load_pretrained
+from ctlab.report.plots import read_metrics
 from ctlab.tokenizer.train import file_digest
 from ctlab.tokens.loader import PackedLoader, collate
 from ctlab.tokens.packed import IGNORE_INDEX, PackedDataset
@@ -89,7 +90,10 @@ def learning_rate(config: TrainConfig, step: int) -> float:
 
 def build_model(config: TrainConfig, tokens_manifest: dict) -> Decoder:
     if config.init_from:
-        return load_pretrained(config.init_from)
+        model = load_pretrained(config.init_from)
+        if model.config.vocab_size < tokens_manifest["tokenizer"]["vocab_size"]:
+            raise ValueError(f"{config.init_from} has a smaller vocabulary than the tokenizer of {config.data}")
+        return model
     tokenizer = tokens_manifest["tokenizer"]
     model_config: ModelConfig = preset(
         config.preset,
@@ -105,8 +109,8 @@ def build_model(config: TrainConfig, tokens_manifest: dict) -> Decoder:
 
 def _optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
     decay, no_decay = [], []
-    for name, parameter in model.named_parameters():
-        (no_decay if parameter.ndim < 2 or name.endswith("norm.weight") else decay).append(parameter)
+    for parameter in model.parameters():
+        (no_decay if parameter.ndim < 2 else decay).append(parameter)  # biases and norm weights
     groups = [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     return torch.optim.AdamW(groups, lr=config.lr, betas=(config.beta1, config.beta2))
 
@@ -132,12 +136,25 @@ class BatchSource:
         return collate(samples)
 
     def state(self) -> dict:
-        return {"main": self.main.position, "replay": None if self.replay is None else self.replay.position}
+        return {
+            "main": self.main.position,
+            "replay": None if self.replay is None else self.replay.position,
+            "global_batch_size": self.main.global_batch_size,
+        }
 
     def restore(self, state: dict) -> None:
+        if state.get("global_batch_size", self.main.global_batch_size) != self.main.global_batch_size:
+            raise RunConflict(
+                f"the run was trained with {state['global_batch_size']} sequences per step from the main data, "
+                f"not {self.main.global_batch_size}: resume with the same batch size and number of processes"
+            )
         self.main.position = state["main"]
         if self.replay is not None:
             self.replay.position = state["replay"]
+
+
+def _to(batch: dict, device: torch.device) -> dict:
+    return {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
 
 
 def token_losses(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -145,12 +162,15 @@ def token_losses(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), ignore_index=IGNORE_INDEX, reduction="sum")
 
 
-def model_loss(model, batch: dict, config: TrainConfig, step: int) -> tuple[torch.Tensor, torch.Tensor, object]:
-    """Summed LM loss (with LayerSkip's early exits when on), the summed last-layer CE, the output."""
+def model_loss(
+    model, batch: dict, config: TrainConfig, step: int, draw: torch.Generator | None = None
+) -> tuple[torch.Tensor, torch.Tensor, object]:
+    """Summed LM loss (with LayerSkip's early exits when on), the summed last-layer CE, the output.
+    ``draw``: the generator of this micro-batch's layer dropout."""
     inner = model.module if hasattr(model, "module") else model
     num_layers = inner.config.num_layers
     rates = layerskip.dropout_rates(config.layerskip, num_layers, step, config.steps)
-    skip = layerskip.sample_skips(rates, batch["input_ids"].shape[0])
+    skip = layerskip.sample_skips(rates, batch["input_ids"].shape[0], draw)
     active = layerskip.curriculum(config.layerskip, num_layers, step, config.steps)
     early_exit = any(active[:-1])
     out = model(batch["input_ids"], batch["position_ids"], skip=skip, output_hidden_states=early_exit)
@@ -172,6 +192,7 @@ def evaluate(model: Decoder, folder: str, batches: int, batch_size: int) -> dict
     total, count = 0.0, 0
     for start in range(0, min(len(dataset), batches * batch_size), batch_size):
         batch = collate([dataset[i] for i in range(start, min(start + batch_size, len(dataset)))])
+        batch = _to(batch, next(model.parameters()).device)
         out = model(batch["input_ids"], batch["position_ids"])
         total += token_losses(out.logits, batch["labels"]).item()
         count += int((batch["labels"] != IGNORE_INDEX).sum())
@@ -221,7 +242,8 @@ def pretrain(config: TrainConfig, progress: bool = True) -> dict:
     if env.world_size > 1:
         from torch.nn.parallel import DistributedDataParallel
 
-        trained = DistributedDataParallel(model)
+        # a layer every sample of a rank skips (layer dropout) gets no gradient on that rank
+        trained = DistributedDataParallel(model, find_unused_parameters=config.layerskip.p_max > 0)
     forward = torch.compile(trained) if config.compile else trained
     metrics_path = Path(config.out) / "metrics.jsonl"
     tokenizer_dir = str(Path(tokens_manifest["tokenizer"]["path"]).parent)
@@ -249,7 +271,7 @@ def pretrain(config: TrainConfig, progress: bool = True) -> dict:
         lr = learning_rate(config, step)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        micro = [source.next() for _ in range(config.grad_accum)]
+        micro = [_to(source.next(), env.device) for _ in range(config.grad_accum)]
         predicted = env.sum(
             torch.tensor(sum(int((b["labels"] != IGNORE_INDEX).sum()) for b in micro), dtype=torch.float64)
         )
@@ -258,8 +280,10 @@ def pretrain(config: TrainConfig, progress: bool = True) -> dict:
         for i, batch in enumerate(micro):
             sync = i == len(micro) - 1 or env.world_size == 1
             context = trained.no_sync() if not sync and hasattr(trained, "no_sync") else contextlib.nullcontext()
+            # layer dropout draws from (seed, step, rank, micro-batch): distinct per rank, the same on resume
+            draw = torch.Generator().manual_seed(hash((config.seed, step, env.rank, i)) & (2**63 - 1))
             with context, autocast:
-                loss, last_ce, out = model_loss(forward, batch, config, step)
+                loss, last_ce, out = model_loss(forward, batch, config, step, draw)
                 objective = loss * scale
                 if out.router:
                     objective = objective + model.config.router_aux_loss_coef * out.aux_loss / len(micro)
@@ -291,7 +315,7 @@ def pretrain(config: TrainConfig, progress: bool = True) -> dict:
                 for name, path in config.eval_data.items()
             }
             model.train()
-            log({"step": step, "eval": evals})
+            log({"step": step, "tokens": tokens_seen, "eval": evals})
             last["eval"] = evals
         if step % config.checkpoint_every == 0 or step == config.steps:
             state = {"tokens_seen": tokens_seen, "data": source.state()}
@@ -310,16 +334,14 @@ def pretrain(config: TrainConfig, progress: bool = True) -> dict:
 
 def _truncate_metrics(path: Path, step: int) -> None:
     """Keep the records up to ``step``: the steps after the checkpoint are about to be redone."""
-    if path.is_file():
-        kept = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= step]
-        atomic_write(path, lambda f: f.write("".join(line + "\n" for line in kept).encode()))
+    kept = [json.dumps(r) + "\n" for r in read_metrics(path) if r["step"] <= step]
+    atomic_write(path, lambda f: f.write("".join(kept).encode()))
 
 
 def last_metrics(path: Path) -> dict:
     """The last training record of a metrics.jsonl, with the last evaluation folded in."""
     last: dict = {}
-    for line in path.read_text().splitlines() if path.is_file() else []:
-        record = json.loads(line)
+    for record in read_metrics(path):
         if "loss" in record:
             last = {**record, "eval": last.get("eval", {})}
         elif "eval" in record:
@@ -330,15 +352,18 @@ def last_metrics(path: Path) -> dict:
 def _router_metrics(routers: list, aux: float) -> dict:
     """Expert utilisation over the step: per routed layer the share of assignments per expert
     (its minimum and maximum), and the mean share of experts each token reaches."""
-    layers = len(routers[0])
     shares, activation = [], []
-    for layer in range(layers):
-        counts = sum(r[layer].assignments for r in routers)
+    for layer in range(len(routers[0])):
+        seen = [r[layer] for r in routers if r[layer] is not None]  # None: every sample skipped it
+        if not seen:
+            continue
+        counts = sum(s.assignments for s in seen)
         shares.append((counts / counts.sum()).tolist())
-        activation.append(sum(float(r[layer].activation) for r in routers) / len(routers))
+        activation.append(sum(float(s.activation) for s in seen) / len(seen))
+    layers = max(len(shares), 1)
     return {
         "aux_loss": aux,
-        "expert_share_min": min(min(s) for s in shares),
-        "expert_share_max": max(max(s) for s in shares),
+        "expert_share_min": min((min(s) for s in shares), default=0.0),
+        "expert_share_max": max((max(s) for s in shares), default=0.0),
         "expert_activation": sum(activation) / layers,
     }
