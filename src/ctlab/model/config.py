@@ -11,6 +11,8 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 
+from ctlab.fields import reject_unknown
+
 FFN_KINDS = ("dense", "moe", "mhmoe")
 
 
@@ -71,17 +73,12 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, data: dict) -> ModelConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"unknown model config field(s): {', '.join(unknown)}")
+        reject_unknown(cls, data, "model config")
         return cls(**data)
 
     def replace(self, **changes) -> ModelConfig:
         """A copy with ``changes``; a head_dim that was derived is derived again from the new shape."""
-        unknown = sorted(set(changes) - {f.name for f in dataclasses.fields(self)})
-        if unknown:
-            raise ValueError(f"unknown model config field(s): {', '.join(unknown)}")
+        reject_unknown(ModelConfig, changes, "model config")
         if "head_dim" not in changes and self.head_dim == self.hidden_size // self.num_heads:
             changes["head_dim"] = None
         return dataclasses.replace(self, **changes)

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import yaml
 
+from ctlab.fields import reject_unknown
+
 
 @dataclass
 class LayerSkipConfig:
@@ -62,9 +64,7 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         if isinstance(self.layerskip, dict):
-            unknown = sorted(set(self.layerskip) - {f.name for f in dataclasses.fields(LayerSkipConfig)})
-            if unknown:
-                raise ValueError(f"unknown layerskip field(s): {', '.join(unknown)}")
+            reject_unknown(LayerSkipConfig, self.layerskip, "layerskip")
             self.layerskip = LayerSkipConfig(**self.layerskip)
 
     def validate(self) -> None:
@@ -120,10 +120,7 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, data: dict) -> TrainConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"unknown training config field(s): {', '.join(unknown)}")
+        reject_unknown(cls, data, "training config")
         return cls(**data)
 
     @classmethod
@@ -147,11 +144,9 @@ def apply_override(config: TrainConfig, assignment: str) -> None:
             getattr(config, head)[rest] = value
             return
         if head == "layerskip":
-            if rest not in {f.name for f in dataclasses.fields(LayerSkipConfig)}:
-                raise ValueError(f"unknown layerskip field {rest!r}")
+            reject_unknown(LayerSkipConfig, [rest], "layerskip")
             setattr(config.layerskip, rest, value)
             return
         raise ValueError(f"unknown config section {head!r}")
-    if key not in {f.name for f in dataclasses.fields(TrainConfig)}:
-        raise ValueError(f"unknown training config field {key!r}")
+    reject_unknown(TrainConfig, [key], "training config")
     setattr(config, key, value)
