@@ -6,31 +6,14 @@ import math
 
 import pytest
 import torch
+from tiny_models import VOCAB, tiny
 
 from ctlab.model.config import ModelConfig, preset
 from ctlab.model.decoder import Decoder
 from ctlab.model.layers import KVCache
 from ctlab.model.moe import MultiHeadMoE, SparseMoE, load_balancing_loss
 
-VOCAB = 300
 ATOL = 1e-5
-
-
-def tiny(**overrides):
-    base = dict(
-        vocab_size=VOCAB,
-        hidden_size=64,
-        num_layers=2,
-        num_heads=4,
-        num_kv_heads=2,
-        head_dim=None,  # preset() would keep the base preset's derived head_dim otherwise
-        intermediate_size=96,
-        num_experts=4,
-        experts_per_token=2,
-        expert_intermediate_size=32,
-        mh_heads=4,
-    )
-    return preset("tiny", **{**base, **overrides})
 
 
 KINDS = {

@@ -8,6 +8,8 @@ import pytest
 import torch
 import transformers
 from safetensors.torch import save_file
+from tiny_models import VOCAB
+from tiny_models import tiny as shared_tiny
 from transformers import (
     AutoModelForCausalLM,
     LlamaConfig,
@@ -18,12 +20,10 @@ from transformers import (
     Qwen2MoeForCausalLM,
 )
 
-from ctlab.model.config import preset
 from ctlab.model.decoder import Decoder
 from ctlab.model.hf import MHMOE_NOTE, config_from_hf, hf_config, load_pretrained, save_pretrained
 from ctlab.model.moe import load_balancing_loss
 
-VOCAB = 300
 ATOL = 1e-5
 
 # transformers builds the empty shared expert of a Qwen2-MoE export without one
@@ -31,21 +31,8 @@ pytestmark = pytest.mark.filterwarnings("ignore:Initializing zero-element tensor
 
 
 def tiny(**overrides):
-    # head_dim=None: preset() keeps the base preset's derived head_dim (64) otherwise
-    base = dict(
-        vocab_size=VOCAB,
-        hidden_size=64,
-        num_layers=2,
-        num_heads=4,
-        num_kv_heads=4,
-        head_dim=None,
-        intermediate_size=96,
-        num_experts=4,
-        experts_per_token=2,
-        expert_intermediate_size=32,
-        mh_heads=4,
-    )
-    return preset("tiny", **{**base, **overrides})
+    """Multi-head attention unless a test asks for grouped-query."""
+    return shared_tiny(**{"num_kv_heads": 4, **overrides})
 
 
 def perturb(model: torch.nn.Module) -> torch.nn.Module:
