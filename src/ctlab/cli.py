@@ -142,11 +142,14 @@ def _cmd_data_pack(args: argparse.Namespace) -> int:
 def _cmd_train_pretrain(args: argparse.Namespace) -> int:
     from ctlab.tokens.store import StoreError
     from ctlab.train.config import TrainConfig, apply_override
-    from ctlab.train.pretrain import RunConflict, pretrain
+    from ctlab.train.pretrain import DeviceUnavailable, RunConflict, pretrain
 
     try:
         config = TrainConfig.load(args.config) if args.config else TrainConfig()
-        for name in ("data", "out", "preset", "steps", "batch_size", "grad_accum", "lr", "dtype", "seed", "init_from"):
+        for name in ("data", "out", "preset", "steps", "batch_size", "grad_accum", "lr", "dtype", "device", "parallel"):
+            if getattr(args, name) is not None:
+                setattr(config, name, getattr(args, name))
+        for name in ("seed", "init_from"):
             if getattr(args, name) is not None:
                 setattr(config, name, getattr(args, name))
         if args.compile:
@@ -168,7 +171,7 @@ def _cmd_train_pretrain(args: argparse.Namespace) -> int:
         raise UsageError(str(err)) from err
     try:
         final = pretrain(config, progress=not args.no_progress)
-    except (RunConflict, StoreError) as err:
+    except (RunConflict, StoreError, DeviceUnavailable) as err:
         raise UsageError(str(err)) from err
     if int(os.environ.get("RANK", "0")) != 0:  # under torchrun, the first process reports
         return 0
@@ -331,7 +334,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Pretrain a model from a packed folder. Settings come from --config (YAML of the training "
         "config), then the flags, then --set KEY=VALUE (e.g. model.num_layers=2, layerskip.p_max=0.2). Rerunning "
         "the same command resumes from the last complete checkpoint. Under `torchrun --nproc-per-node N` it "
-        "trains data-parallel.",
+        "trains data-parallel (DDP, or FSDP with --parallel fsdp).",
     )
     pretrain.add_argument("--config", metavar="FILE", help="training config (YAML)")
     pretrain.add_argument("--preset", help="model preset: tiny, small, tiny-moe, tiny-mhmoe, ct-2b")
@@ -342,6 +345,10 @@ def build_parser() -> argparse.ArgumentParser:
     pretrain.add_argument("--grad-accum", type=int, help="micro-batches per step")
     pretrain.add_argument("--lr", type=float, help="peak learning rate")
     pretrain.add_argument("--dtype", choices=("fp32", "bf16"), help="fp32 or bf16 autocast")
+    pretrain.add_argument("--device", choices=("auto", "cuda", "cpu"), help="auto (default): a GPU when there is one")
+    pretrain.add_argument(
+        "--parallel", choices=("ddp", "fsdp"), help="under torchrun: ddp (default) or fsdp (sharded parameters)"
+    )
     pretrain.add_argument("--compile", action="store_true", help="torch.compile the model")
     pretrain.add_argument("--seed", type=int, help="seed of initialisation, shuffling and layer dropout")
     pretrain.add_argument("--init-from", metavar="CHECKPOINT", help="continual pretraining: start from this checkpoint")

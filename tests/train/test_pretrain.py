@@ -1,5 +1,5 @@
 """`ctlab train pretrain` on real Chinese text with tiny models: gradient-accumulation and
-data-parallel invariance, resume after SIGKILL (also during a checkpoint save), LayerSkip,
+data-parallel invariance (DDP and FSDP), resume after SIGKILL (also during a checkpoint save), LayerSkip,
 continual pretraining with replay, MoE / MH-MoE logging, learning below the unigram entropy,
 transformers interop of checkpoints, config errors, metrics and the loss curve."""
 
@@ -7,6 +7,7 @@ import dataclasses
 import json
 import math
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -24,7 +25,7 @@ from ctlab.cli import main
 from ctlab.tokens.loader import PackedLoader
 from ctlab.tokens.packed import PackedDataset
 from ctlab.train import pretrain as pretrain_module
-from ctlab.train.checkpoint import completed_checkpoints
+from ctlab.train.checkpoint import checkpoint_dir, completed_checkpoints
 from ctlab.train.config import TrainConfig
 from ctlab.train.pretrain import BatchSource, Distributed, learning_rate, pretrain
 
@@ -42,8 +43,8 @@ if os.environ.get("CTLAB_TEST_PAUSE_STEP"):
     original = checkpoint.save_pretrained
     staging = ".tmp-step-%08d" % int(os.environ["CTLAB_TEST_PAUSE_STEP"])
 
-    def paused(model, out_dir, tokenizer_dir=None):
-        original(model, out_dir, tokenizer_dir)
+    def paused(model, out_dir, *rest):
+        original(model, out_dir, *rest)
         if os.path.basename(str(out_dir)) == staging:
             open(os.environ["CTLAB_TEST_PAUSED"], "w").close()
             time.sleep(600)
@@ -170,6 +171,42 @@ def test_data_parallel_two_processes_equal_one_process(tmp_path, packed_train):
     assert_weights_close(final_weights(parallel.out), final_weights(single.out))
     state = json.loads((completed_checkpoints(parallel.out)[-1][1] / "trainer_state.json").read_text())
     assert state["data"]["main"] == 4 * 4  # the stream advanced by the global batch each step
+
+
+def optimizer_state(run: str | Path, step: int) -> dict:
+    return torch.load(checkpoint_dir(run, step) / "optimizer.pt", weights_only=True)
+
+
+def test_fsdp_two_processes_equal_one_process_and_resume(tmp_path, packed_train):
+    """torchrun, 2 CPU processes sharding the model (FSDP), 2 micro-batches of 2 each, with the
+    early-exit loss (the shared head called outside forward) == 1 process, 4 micro-batches of 2.
+    The gathered checkpoints (weights and optimiser state) match, and an FSDP run resumed from its
+    step-2 checkpoint ends where the uninterrupted one did."""
+    layerskip = {"early_exit": "rotational", "rotation": 2}
+    common = {"steps": 4, "batch_size": 2, "layerskip": layerskip, "keep_every": 2}
+    sharded = make_config(packed_train, tmp_path / "fsdp", grad_accum=2, parallel="fsdp", **common)
+    single = make_config(packed_train, tmp_path / "single", grad_accum=4, **common)
+    config_file = write_config(sharded, tmp_path / "fsdp.yaml")
+    result = run_cli(config_file, torchrun=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+    train(single)
+    assert_steps_close(step_records(sharded.out), step_records(single.out))
+    assert_weights_close(final_weights(sharded.out), final_weights(single.out))
+    sharded_optimizer, single_optimizer = optimizer_state(sharded.out, 4), optimizer_state(single.out, 4)
+    assert sharded_optimizer["state"].keys() == single_optimizer["state"].keys()
+    for name, moments in sharded_optimizer["state"].items():
+        for key in ("exp_avg", "exp_avg_sq"):
+            expected = single_optimizer["state"][name][key]
+            assert (moments[key] - expected).norm() <= 1e-4 * expected.norm(), (name, key)
+
+    uninterrupted = final_weights(sharded.out)
+    assert [step for step, _ in completed_checkpoints(sharded.out)] == [2, 4]
+    shutil.rmtree(checkpoint_dir(sharded.out, 4))
+    result = run_cli(config_file, torchrun=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert [r["step"] for r in records(sharded.out) if "loss" in r] == [1, 2, 3, 4]  # resumed at step 2
+    assert_weights_close(final_weights(sharded.out), uninterrupted)
+    assert_steps_close(step_records(sharded.out), step_records(single.out))
 
 
 # -- resume -------------------------------------------------------------------------------------------
@@ -470,6 +507,11 @@ def test_config_errors_exit_2_with_one_line(tmp_path, capsys, packed_train):
     assert_usage_error(capsys, [*base, "--data", packed_train, "--out", out, "--set", "bogus=1"], "bogus")
     assert_usage_error(capsys, [*base, "--data", packed_train, "--out", out, "--preset", "huge"], "huge")
     assert_usage_error(capsys, [*base, "--config", str(tmp_path / "missing.yaml")], "missing.yaml")
+    sharded = [*base, "--data", packed_train, "--out", out, "--parallel", "fsdp"]
+    assert_usage_error(capsys, [*sharded, "--set", "layerskip.p_max=0.1"], "parallel: ddp")
+    if not torch.cuda.is_available():
+        assert_usage_error(capsys, [*base, "--data", packed_train, "--out", out, "--device", "cuda"], "no GPU")
+    assert not Path(out).exists()
     not_packed = tmp_path / "not-packed"
     not_packed.mkdir()
     assert_usage_error(capsys, [*base, "--data", str(not_packed), "--out", out], "not a packed folder")

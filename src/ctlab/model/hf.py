@@ -91,13 +91,12 @@ def _split_rows(tensor: torch.Tensor, sizes: list[int]) -> list[torch.Tensor]:
     return [t.contiguous() for t in tensor.split(sizes, dim=0)]
 
 
-def to_hf_state(model: Decoder) -> dict[str, torch.Tensor]:
-    """The model's weights under transformers' names (MH-MoE: ctlab's own names)."""
-    config = model.config
-    state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+def to_hf_state(config: ModelConfig, state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A ctlab state dict under transformers' names (MH-MoE: ctlab's own names)."""
+    state = {k: v.detach().contiguous() for k, v in state_dict.items()}
     if config.ffn == "mhmoe":
         if config.tie_embeddings:
-            state.pop("lm_head.weight")
+            state.pop("lm_head.weight", None)
         return state
     q_size, kv_size = config.num_heads * config.head_dim, config.num_kv_heads * config.head_dim
     out = {"model.embed_tokens.weight": state["embed_tokens.weight"], "model.norm.weight": state["norm.weight"]}
@@ -142,11 +141,18 @@ def to_hf_state(model: Decoder) -> dict[str, torch.Tensor]:
     return out
 
 
-def save_pretrained(model: Decoder, out_dir: str | Path, tokenizer_dir: str | Path | None = None) -> None:
-    """Write ``out_dir``: config.json, model.safetensors (fp32) and the tokenizer's files."""
+def save_pretrained(
+    model: Decoder,
+    out_dir: str | Path,
+    tokenizer_dir: str | Path | None = None,
+    state_dict: dict[str, torch.Tensor] | None = None,
+) -> None:
+    """Write ``out_dir``: config.json, model.safetensors (fp32) and the tokenizer's files.
+    ``state_dict``: the weights to write when ``model`` holds only a shard of them (FSDP)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    state = {k: v.float() for k, v in to_hf_state(model).items()}
+    weights = to_hf_state(model.config, model.state_dict() if state_dict is None else state_dict)
+    state = {k: v.float() for k, v in weights.items()}
     atomic_write(out / "model.safetensors", lambda f: f.write(save(state, metadata={"format": "pt"})))
     if tokenizer_dir is not None:
         for path in Path(tokenizer_dir).iterdir():

@@ -1,10 +1,14 @@
 """Training checkpoints: complete or absent, resumable exactly, loadable by transformers.
 
 ``RUN/checkpoints/step-00000100/`` holds the model in Hugging Face format (config.json,
-model.safetensors, tokenizer files), ``optimizer.pt`` (loaded with ``weights_only``),
-``rng.pt`` and ``trainer_state.json`` (step, data positions, tokens seen). It is written under a
-temporary name and renamed when complete, so a run killed during a save resumes from the
-previous checkpoint. Old checkpoints are pruned except every ``keep_every``-th step.
+model.safetensors, tokenizer files), ``optimizer.pt`` (the optimiser state keyed by parameter
+name, loaded with ``weights_only``), ``rng.pt`` and ``trainer_state.json`` (step, data positions,
+tokens seen). It is written under a temporary name and renamed when complete, so a run killed
+during a save resumes from the previous checkpoint. Old checkpoints are pruned except every
+``keep_every``-th step.
+
+Under torch.distributed the states are gathered whole on rank 0 (FSDP's shards too) and loaded
+whole on every rank, so a checkpoint does not depend on how the run was parallelised.
 """
 
 from __future__ import annotations
@@ -15,10 +19,17 @@ import shutil
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
+from torch.distributed.checkpoint.state_dict import (
+    StateDictOptions,
+    get_model_state_dict,
+    get_optimizer_state_dict,
+    set_optimizer_state_dict,
+)
 
 from ctlab.atomic import write_json
 from ctlab.model.decoder import Decoder
-from ctlab.model.hf import save_pretrained
+from ctlab.model.hf import from_hf_state, save_pretrained
 
 _STEP_DIR = re.compile(r"^step-(\d{8})$")
 
@@ -36,6 +47,13 @@ def completed_checkpoints(run: str | Path) -> list[tuple[int, Path]]:
     return sorted(found)
 
 
+def _whole_states() -> StateDictOptions:
+    """Unsharded states (on rank 0, in CPU memory) under torch.distributed; the plain ones otherwise."""
+    if dist.is_initialized():
+        return StateDictOptions(full_state_dict=True, cpu_offload=True)
+    return StateDictOptions()
+
+
 def save_checkpoint(
     run: str | Path,
     step: int,
@@ -44,15 +62,21 @@ def save_checkpoint(
     trainer_state: dict,
     tokenizer_dir: str | None,
     keep_every: int = 0,
-) -> Path:
-    """Write the checkpoint of ``step`` atomically, then prune older ones."""
+) -> Path | None:
+    """Write the checkpoint of ``step`` atomically, then prune older ones. Under torch.distributed
+    every rank calls it (the states are gathered) and rank 0 writes; the others get None."""
+    options = _whole_states()
+    model_state = get_model_state_dict(model, options=options)
+    optimizer_state = get_optimizer_state_dict(model, optimizer, options=options)
+    if dist.is_initialized() and dist.get_rank() != 0:
+        return None
     final = checkpoint_dir(run, step)
     staging = final.with_name(f".tmp-{final.name}")
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
-    save_pretrained(model, staging, tokenizer_dir)
-    torch.save(optimizer.state_dict(), staging / "optimizer.pt")
-    torch.save({"torch": torch.get_rng_state()}, staging / "rng.pt")  # layer dropout draws from it
+    save_pretrained(model, staging, tokenizer_dir, model_state)
+    torch.save(optimizer_state, staging / "optimizer.pt")
+    torch.save({"torch": torch.get_rng_state()}, staging / "rng.pt")
     write_json(staging / "trainer_state.json", {"step": step, **trainer_state})
     shutil.rmtree(final, ignore_errors=True)
     staging.rename(final)
@@ -62,14 +86,18 @@ def save_checkpoint(
     return final
 
 
-def load_checkpoint(folder: Path, model: Decoder, optimizer: torch.optim.Optimizer) -> dict:
-    """Restore model weights, optimiser state and RNG from ``folder``; returns trainer_state.json."""
+def load_weights(folder: Path, model: Decoder) -> None:
+    """The checkpoint's weights into an unwrapped ``model`` (before DDP or FSDP takes it)."""
     from safetensors.torch import load_file
 
-    from ctlab.model.hf import from_hf_state
+    model.load_state_dict(from_hf_state(load_file(folder / "model.safetensors"), model.config))
 
-    state = load_file(folder / "model.safetensors")
-    model.load_state_dict(from_hf_state(state, model.config))
-    optimizer.load_state_dict(torch.load(folder / "optimizer.pt", weights_only=True))
+
+def load_training_state(folder: Path, model: Decoder, optimizer: torch.optim.Optimizer) -> dict:
+    """Restore the optimiser state (sharded again under FSDP) and RNG from ``folder``; returns
+    trainer_state.json."""
+    options = StateDictOptions(full_state_dict=True) if dist.is_initialized() else StateDictOptions()
+    optimizer_state = torch.load(folder / "optimizer.pt", weights_only=True)
+    set_optimizer_state_dict(model, optimizer, optimizer_state, options=options)
     torch.set_rng_state(torch.load(folder / "rng.pt", weights_only=True)["torch"])
     return json.loads((folder / "trainer_state.json").read_text())

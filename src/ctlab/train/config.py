@@ -50,6 +50,8 @@ class TrainConfig:
     beta2: float = 0.95
     grad_clip: float = 1.0
     dtype: str = "fp32"  # fp32 or bf16 (autocast)
+    device: str = "auto"  # auto (a GPU when there is one), cuda or cpu
+    parallel: str = "ddp"  # under torchrun: ddp (replicated) or fsdp (fully sharded)
     compile: bool = False
     seed: int = 0
     log_every: int = 10
@@ -89,6 +91,14 @@ class TrainConfig:
                 problems.append(f"{name} must be at least 1")
         if self.dtype not in ("fp32", "bf16"):
             problems.append("dtype must be fp32 or bf16")
+        if self.device not in ("auto", "cuda", "cpu"):
+            problems.append("device must be auto, cuda or cpu")
+        if self.parallel not in ("ddp", "fsdp"):
+            problems.append("parallel must be ddp or fsdp")
+        elif self.parallel == "fsdp" and self.layerskip.p_max > 0:
+            # a layer that every sample of one rank skips would leave that rank out of the
+            # layer's parameter gathering and gradient reduction while the others take part
+            problems.append("layerskip.p_max > 0 needs parallel: ddp (FSDP shards must be gathered on every rank)")
         if not 0 <= self.replay_ratio < 1:
             problems.append("replay_ratio must be in [0, 1)")
         elif self.replay_ratio > 0:

@@ -1,4 +1,5 @@
-"""``ctlab train pretrain``: the pretraining loop, on one process or data-parallel under torchrun.
+"""``ctlab train pretrain``: the pretraining loop, on one process or data-parallel under torchrun
+(DDP, or FSDP's fully sharded parameters, gradients and optimiser state with ``parallel: fsdp``).
 
 Each optimiser step takes ``grad_accum`` micro-batches of ``batch_size`` packed sequences per
 rank. The loss is the token-level cross-entropy summed over the whole global batch and divided
@@ -38,12 +39,16 @@ from ctlab.tokens.loader import PackedLoader, collate
 from ctlab.tokens.packed import IGNORE_INDEX, PackedDataset
 from ctlab.tokens.store import StoreError
 from ctlab.train import layerskip
-from ctlab.train.checkpoint import completed_checkpoints, load_checkpoint, save_checkpoint
+from ctlab.train.checkpoint import completed_checkpoints, load_training_state, load_weights, save_checkpoint
 from ctlab.train.config import TrainConfig
 
 
 class RunConflict(ValueError):
     """The run folder holds a run with another config."""
+
+
+class DeviceUnavailable(ValueError):
+    """The config asks for a device this machine does not have."""
 
 
 @dataclass
@@ -63,20 +68,52 @@ class Distributed:
         return value
 
 
-def setup_distributed() -> Distributed:
-    """From torchrun's environment (RANK, WORLD_SIZE, LOCAL_RANK); one process without it."""
+def setup_distributed(device: str = "auto") -> Distributed:
+    """From torchrun's environment (RANK, WORLD_SIZE, LOCAL_RANK); one process without it.
+    ``device``: "cuda" (this process's GPU, NCCL between processes), "cpu" (gloo) or "auto" (the
+    GPU when there is one)."""
+    use_cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
+    if use_cuda and not torch.cuda.is_available():
+        raise DeviceUnavailable("device cuda was asked for, but torch sees no GPU on this machine")
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    if world_size == 1:
-        return Distributed()
-    rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
-    if torch.cuda.is_available():
-        torch.cuda.set_device(local_rank)
-        device, backend = torch.device("cuda", local_rank), "nccl"
-    else:
-        device, backend = torch.device("cpu"), "gloo"
-    if not dist.is_initialized():
-        dist.init_process_group(backend)
-    return Distributed(rank, world_size, device)
+    rank, local_rank = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
+    placed = torch.device("cuda", local_rank) if use_cuda else torch.device("cpu")
+    if use_cuda:
+        torch.cuda.set_device(placed)
+    if world_size > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if use_cuda else "gloo")
+    return Distributed(rank, world_size, placed)
+
+
+def parallelise(model: Decoder, config: TrainConfig, env: Distributed) -> torch.nn.Module:
+    """The module the training steps call: ``model`` itself on one process, else DDP around it,
+    or ``model`` sharded in place by FSDP (each decoder layer a unit, the embedding, final norm and
+    head in the root unit; ``exit_logits`` gathers like ``forward``)."""
+    if env.world_size == 1:
+        return model
+    if config.parallel == "fsdp":
+        from torch.distributed.fsdp import fully_shard, register_fsdp_forward_method
+
+        for layer in model.layers:
+            fully_shard(layer)
+        fully_shard(model)
+        register_fsdp_forward_method(model, "exit_logits")
+        return model
+    from torch.nn.parallel import DistributedDataParallel
+
+    # a layer every sample of a rank skips (layer dropout) gets no gradient on that rank
+    return DistributedDataParallel(model, find_unused_parameters=config.layerskip.p_max > 0)
+
+
+def gradient_sync(trained: torch.nn.Module, sync: bool) -> contextlib.AbstractContextManager:
+    """Whether this micro-batch's backward reduces gradients across ranks (only the last of a step
+    needs to: the earlier ones accumulate locally)."""
+    if hasattr(trained, "set_requires_gradient_sync"):  # FSDP
+        trained.set_requires_gradient_sync(sync)
+        return contextlib.nullcontext()
+    if not sync and hasattr(trained, "no_sync"):  # DDP
+        return trained.no_sync()
+    return contextlib.nullcontext()
 
 
 def learning_rate(config: TrainConfig, step: int) -> float:
@@ -219,31 +256,29 @@ def _claim_run(config: TrainConfig, env: Distributed) -> None:
 def pretrain(config: TrainConfig, progress: bool = True) -> dict:
     """Train (or resume) the run described by ``config``; returns the final metrics."""
     config.validate()
-    env = setup_distributed()
+    env = setup_distributed(config.device)
     source = BatchSource(config, env)  # a bad --data is refused before the run folder is touched
     tokens_manifest = source.main.dataset.store.manifest
     tokenizer_json = Path(tokens_manifest["tokenizer"]["path"])
     if not tokenizer_json.is_file() or file_digest(tokenizer_json) != tokens_manifest["tokenizer"]["sha256"]:
         raise StoreError(f"{tokenizer_json} is not the tokenizer {config.data} was tokenised with")
     _claim_run(config, env)
-    model = build_model(config, tokens_manifest).to(env.device)
-    optimizer = _optimizer(model, config)
-    step, tokens_seen = 0, 0
+    model = build_model(config, tokens_manifest)
     checkpoints = completed_checkpoints(config.out)
     if checkpoints:
-        state = load_checkpoint(checkpoints[-1][1], model, optimizer)
+        load_weights(checkpoints[-1][1], model)
+    model.to(env.device)
+    trained = parallelise(model, config, env)
+    optimizer = _optimizer(model, config)  # after FSDP has sharded the parameters
+    step, tokens_seen = 0, 0
+    if checkpoints:
+        state = load_training_state(checkpoints[-1][1], model, optimizer)
         step, tokens_seen = state["step"], state["tokens_seen"]
         source.restore(state["data"])
         if env.main:
             _truncate_metrics(Path(config.out) / "metrics.jsonl", step)
-    elif config.seed is not None:
+    else:
         torch.manual_seed(config.seed)
-    trained = model
-    if env.world_size > 1:
-        from torch.nn.parallel import DistributedDataParallel
-
-        # a layer every sample of a rank skips (layer dropout) gets no gradient on that rank
-        trained = DistributedDataParallel(model, find_unused_parameters=config.layerskip.p_max > 0)
     forward = torch.compile(trained) if config.compile else trained
     metrics_path = Path(config.out) / "metrics.jsonl"
     tokenizer_dir = str(Path(tokens_manifest["tokenizer"]["path"]).parent)
@@ -278,8 +313,7 @@ def pretrain(config: TrainConfig, progress: bool = True) -> dict:
         scale = env.world_size / predicted.item()  # DDP averages gradients over ranks: undo it
         loss_sum, aux_sum, routers = torch.zeros((), dtype=torch.float64), 0.0, []
         for i, batch in enumerate(micro):
-            sync = i == len(micro) - 1 or env.world_size == 1
-            context = trained.no_sync() if not sync and hasattr(trained, "no_sync") else contextlib.nullcontext()
+            context = gradient_sync(trained, sync=i == len(micro) - 1)
             # layer dropout draws from (seed, step, rank, micro-batch): distinct per rank, the same on resume
             draw = torch.Generator().manual_seed(hash((config.seed, step, env.rank, i)) & (2**63 - 1))
             with context, autocast:
@@ -292,6 +326,8 @@ def pretrain(config: TrainConfig, progress: bool = True) -> dict:
             objective.backward()
             loss_sum += last_ce.double()
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+        if hasattr(grad_norm, "full_tensor"):  # FSDP: a replicated DTensor
+            grad_norm = grad_norm.full_tensor()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         step += 1
@@ -319,8 +355,7 @@ def pretrain(config: TrainConfig, progress: bool = True) -> dict:
             last["eval"] = evals
         if step % config.checkpoint_every == 0 or step == config.steps:
             state = {"tokens_seen": tokens_seen, "data": source.state()}
-            if env.main:
-                save_checkpoint(config.out, step, model, optimizer, state, tokenizer_dir, config.keep_every)
+            save_checkpoint(config.out, step, model, optimizer, state, tokenizer_dir, config.keep_every)
             if env.world_size > 1:
                 dist.barrier()
         bar.update(1)
