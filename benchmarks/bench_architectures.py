@@ -20,12 +20,11 @@ import platform
 import time
 from pathlib import Path
 
+from packed_data import packed_folder, tokenizer_folder
+
 from ctlab.data.demo import heldout_chinese, inews_articles, normalized
 from ctlab.eval.early_exit import early_exit_report, table
 from ctlab.report.tables import text_table
-from ctlab.tokenizer.train import save_tokenizer, train_tokenizer
-from ctlab.tokens.packed import write_packing
-from ctlab.tokens.tokenize import parse_sources, tokenize
 from ctlab.train.config import LayerSkipConfig, TrainConfig
 from ctlab.train.pretrain import pretrain
 
@@ -42,20 +41,10 @@ RUNS = {  # name: (run folder, settings)
 
 def prepare(out: Path) -> tuple[str, str]:
     """Packed train and held-out folders (built once)."""
-    tokenizer = out / "tokenizer"
     train_texts = normalized([f"{title}\n{text}" for title, text in inews_articles(("train",))])
-    if not (tokenizer / "tokenizer.json").is_file():
-        save_tokenizer(train_tokenizer(train_texts, 8000, progress=False), str(tokenizer))
-    folders = {}
-    for name, texts in (("train", train_texts), ("heldout", heldout_chinese())):
-        source = out / f"{name}.jsonl"
-        source.write_text("".join(json.dumps({"text": t}, ensure_ascii=False) + "\n" for t in texts))
-        tokens = out / f"tokens-{name}"
-        if not (tokens / "tokens.json").is_file():
-            tokenize(parse_sources([str(source)], None), str(tokenizer), str(tokens), progress=False)
-        folders[name] = str(out / f"packed-{name}")
-        write_packing(str(tokens), folders[name], 256, "bfd")
-    return folders["train"], folders["heldout"]
+    tokenizer = tokenizer_folder(out / "tokenizer", train_texts)
+    heldout = packed_folder(out, "heldout", heldout_chinese(), tokenizer)
+    return packed_folder(out, "train", train_texts, tokenizer), heldout
 
 
 def main() -> None:

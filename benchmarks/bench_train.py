@@ -3,12 +3,13 @@ and optimiser, and the machine's fp32 matmul rate as the yardstick.
 
 For each pair (dense: ctlab ``tiny`` vs ``LlamaForCausalLM``; MoE: ``tiny-moe`` vs
 ``Qwen2MoeForCausalLM``, weights copied so both compute the same function), one training step =
-forward, token-level cross-entropy, backward, AdamW step, on 8 × 256 random tokens in fp32.
+forward, token-level cross-entropy, backward, AdamW step, on 8 × 256 random tokens in fp32 (or
+both under bf16 autocast with ``--dtype bf16``, as ``ctlab train pretrain --dtype bf16`` runs).
 Reports tokens/s (median over steps), the per-round ratio ctlab / transformers, and the model
 FLOPs per second (6 · active parameters · tokens, plus attention) as a share of the measured
-matmul rate.
+matmul rate in that dtype.
 
-    python benchmarks/bench_train.py [--rounds 3] [--steps 8] [--compile]
+    python benchmarks/bench_train.py [--rounds 3] [--steps 8] [--compile] [--dtype fp32|bf16]
 """
 
 from __future__ import annotations
@@ -31,9 +32,9 @@ from ctlab.train.pretrain import token_losses
 BATCH, LENGTH = 8, 256
 
 
-def matmul_rate(size: int = 1024, repeats: int = 20) -> float:
-    """fp32 GFLOP/s of a square matmul (median)."""
-    a, b = torch.randn(size, size), torch.randn(size, size)
+def matmul_rate(dtype: torch.dtype, size: int = 1024, repeats: int = 20) -> float:
+    """GFLOP/s of a square matmul in ``dtype`` (median)."""
+    a, b = torch.randn(size, size, dtype=dtype), torch.randn(size, size, dtype=dtype)
     for _ in range(3):
         a @ b
     times = []
@@ -62,7 +63,7 @@ def model_flops_per_token(model: Decoder) -> float:
     return 6 * (model.num_parameters(active=True) - model.embed_tokens.weight.numel()) + 3 * attention
 
 
-def pair(name: str, compile_model: bool, steps: int) -> tuple:
+def pair(name: str, compile_model: bool, steps: int, dtype: str) -> tuple:
     from transformers import AutoModelForCausalLM
 
     torch.manual_seed(0)
@@ -75,16 +76,21 @@ def pair(name: str, compile_model: bool, steps: int) -> tuple:
     position_ids = torch.arange(LENGTH).expand(BATCH, LENGTH)
     optimizers = [torch.optim.AdamW(m.parameters(), lr=1e-4) for m in (model, reference)]
     forward = torch.compile(model) if compile_model else model
+    autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == "bf16")
 
     def ctlab_step() -> None:
-        out = forward(ids, position_ids)
-        (token_losses(out.logits, labels) / labels.numel()).backward()
+        with autocast:
+            out = forward(ids, position_ids)
+            loss = token_losses(out.logits, labels) / labels.numel()
+        loss.backward()
         optimizers[0].step()
         optimizers[0].zero_grad(set_to_none=True)
 
     def reference_step() -> None:
-        logits = reference(input_ids=ids, position_ids=position_ids).logits
-        (token_losses(logits, labels) / labels.numel()).backward()
+        with autocast:
+            logits = reference(input_ids=ids, position_ids=position_ids).logits
+            loss = token_losses(logits, labels) / labels.numel()
+        loss.backward()
         optimizers[1].step()
         optimizers[1].zero_grad(set_to_none=True)
 
@@ -100,13 +106,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--steps", type=int, default=8)
-    parser.add_argument("--compile", action="store_true", help="also time ctlab under torch.compile")
+    parser.add_argument("--compile", action="store_true", help="time ctlab under torch.compile")
+    parser.add_argument("--dtype", choices=("fp32", "bf16"), default="fp32", help="fp32, or bf16 autocast")
     args = parser.parse_args()
-    rate = matmul_rate()
+    rate = matmul_rate(torch.float32 if args.dtype == "fp32" else torch.bfloat16)
     print(f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads")
-    print(f"fp32 matmul (1024²): {rate:.1f} GFLOP/s")
+    print(f"{args.dtype} matmul (1024²): {rate:.1f} GFLOP/s")
     for name, reference_name in (("tiny", "LlamaForCausalLM"), ("tiny-moe", "Qwen2MoeForCausalLM")):
-        model, ctlab_rate, reference_rate = pair(name, args.compile, args.steps)
+        model, ctlab_rate, reference_rate = pair(name, args.compile, args.steps, args.dtype)
         flops = model_flops_per_token(model)
         rounds = []
         for _ in range(args.rounds):

@@ -20,6 +20,10 @@ from ctlab.cli import main
         ["tokenizer"],
         ["tokenizer", "train"],
         ["tokenizer", "compare"],
+        ["train"],
+        ["train", "pretrain"],
+        ["eval"],
+        ["eval", "early-exit"],
         ["demo"],
     ],
 )

@@ -12,6 +12,9 @@ import shutil
 import numpy as np
 
 from ctlab.atomic import atomic_write
+from ctlab.report.plots import read_metrics
+
+PRETRAIN_SEQ_LEN, PRETRAIN_STEPS = 256, 100  # the tiny model's training: about a minute on 2 cores
 
 
 class DemoFolderError(ValueError):
@@ -44,7 +47,7 @@ def run_demo(out: str, recipe_name: str = "mapcc", articles: int = 2000, workers
     from ctlab.tokens.packed import PackedDataset, stats_table, write_packing
     from ctlab.tokens.tokenize import mix_table, parse_sources, tokenize
 
-    steps = 6
+    steps = 8
     recipe = load_recipe(recipe_name)
     marker = os.path.join(out, ".ctlab-demo")
     if os.path.isdir(out) and os.listdir(out) and not os.path.exists(marker):
@@ -117,4 +120,100 @@ def run_demo(out: str, recipe_name: str = "mapcc", articles: int = 2000, workers
     busiest = int(np.diff(dataset.packing.sequence_offsets).argmax())
     lengths = [length for _, length in dataset.packing.sequence(busiest)]
     print(f"bfd sequence {busiest} holds {len(lengths)} documents of {lengths} tokens")
+
+    train_data = os.path.join(out, f"packed-{PRETRAIN_SEQ_LEN}")
+    run = os.path.join(out, "pretrain-tiny")
+    heldout = {name: os.path.join(out, f"packed-heldout-{name}") for name in ("zh", "en")}
+    _step(
+        7,
+        steps,
+        f"pretraining a tiny model on {PRETRAIN_SEQ_LEN}-token sequences, with LayerSkip (layer dropout, "
+        "rotational early-exit loss), evaluated on held-out Chinese and English",
+        f"ctlab data pack {tokens} --seq-len {PRETRAIN_SEQ_LEN} --out {train_data}\n"
+        f"    $ ctlab train pretrain --preset tiny --data {train_data} --out {run} --steps {PRETRAIN_STEPS} "
+        f"--eval zh={heldout['zh']} --eval en={heldout['en']} "
+        "--set layerskip.p_max=0.1 --set layerskip.early_exit=rotational",
+    )
+    write_packing(tokens, train_data, PRETRAIN_SEQ_LEN, "bfd")
+    _pack_heldout_sets(out, tokenizer, heldout)
+    _pretrain_tiny(train_data, run, heldout)
+
+    report = os.path.join(out, "early-exit")
+    _step(
+        8,
+        steps,
+        "perplexity when exiting after each layer, and the checkpoint in transformers",
+        f"ctlab eval early-exit {run} --data {heldout['zh']} --out {report}",
+    )
+    from ctlab.eval.early_exit import early_exit_report, table
+
+    print(table(early_exit_report([run], heldout["zh"], report, batches=4)))
+    print(f"    chart: {os.path.join(report, 'early_exit.png')}")
+    _show_in_transformers(run)
     print(f"\noutput: {out}")
+
+
+def _pack_heldout_sets(out: str, tokenizer: str, folders: dict[str, str]) -> None:
+    """Held-out Chinese (inews test split) and English (pydoc topics), tokenised and packed into
+    ``folders`` (name → packed folder)."""
+    from ctlab.data.demo import heldout_chinese, heldout_english
+    from ctlab.tokens.packed import write_packing
+    from ctlab.tokens.tokenize import parse_sources, tokenize
+
+    for name, texts in (("zh", heldout_chinese()), ("en", heldout_english())):
+        source = os.path.join(out, "heldout-input", f"{name}.jsonl.gz")
+        os.makedirs(os.path.dirname(source), exist_ok=True)
+        _write_jsonl_gz(source, texts)
+        tokens = os.path.join(out, f"tokens-heldout-{name}")
+        shutil.rmtree(tokens, ignore_errors=True)
+        tokenize(parse_sources([f"{name}={source}"], None), tokenizer, tokens, progress=False)
+        write_packing(tokens, folders[name], PRETRAIN_SEQ_LEN, "bfd")
+
+
+def _pretrain_tiny(data: str, run: str, heldout: dict[str, str]) -> None:
+    from ctlab.train.config import LayerSkipConfig, TrainConfig
+    from ctlab.train.pretrain import pretrain
+
+    shutil.rmtree(run, ignore_errors=True)
+    config = TrainConfig(
+        data=data,
+        out=run,
+        preset="tiny",
+        steps=PRETRAIN_STEPS,
+        batch_size=8,
+        lr=2e-3,
+        warmup_steps=10,
+        eval_every=PRETRAIN_STEPS,
+        eval_batches=4,
+        eval_data=heldout,
+        checkpoint_every=PRETRAIN_STEPS,
+        layerskip=LayerSkipConfig(p_max=0.1, early_exit="rotational"),
+    )
+    final = pretrain(config)
+    first = next(r for r in read_metrics(os.path.join(run, "metrics.jsonl")) if "loss" in r)
+    print(f"    training loss {first['loss']:.3f} at step {first['step']}, {final['loss']:.3f} at step {final['step']}")
+    for name, result in final["eval"].items():
+        print(f"    held-out {name} perplexity {result['ppl']:.1f}")
+    print(f"    loss curve: {os.path.join(run, 'loss.png')}")
+
+
+def _show_in_transformers(run: str) -> None:
+    """Load the last checkpoint with transformers and compare its logits with ctlab's."""
+    import torch
+    from transformers import AutoModelForCausalLM
+    from transformers.utils import logging
+
+    from ctlab.eval.early_exit import resolve_checkpoint
+    from ctlab.model.hf import load_pretrained
+
+    checkpoint = resolve_checkpoint(run)
+    logging.set_verbosity_error()
+    logging.disable_progress_bar()
+    hf_model = AutoModelForCausalLM.from_pretrained(checkpoint).eval()
+    ids = torch.arange(1, 65).unsqueeze(0)
+    with torch.no_grad():
+        difference = (hf_model(ids).logits - load_pretrained(checkpoint)(ids).logits).abs().max().item()
+    print(
+        f"    AutoModelForCausalLM.from_pretrained('{checkpoint}') -> {type(hf_model).__name__}; "
+        f"largest logit difference from ctlab: {difference:.1e}"
+    )

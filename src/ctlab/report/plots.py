@@ -21,9 +21,9 @@ def save_png(figure, path: str | Path) -> None:
     atomic_write(path, lambda f: figure.savefig(f, format="png", dpi=120))
 
 
-def read_metrics(path: Path) -> list[dict]:
+def read_metrics(path: str | Path) -> list[dict]:
     """The records of a metrics.jsonl; a line cut short by a kill is left out."""
-    records = []
+    path, records = Path(path), []
     for line in path.read_text().splitlines() if path.is_file() else []:
         try:
             records.append(json.loads(line))
