@@ -68,13 +68,16 @@ class Experts(nn.Module):
         counts = torch.bincount(flat_expert, minlength=self.gate_up_proj.shape[0]).tolist()
         token = order // indices.shape[1]
         slot_weight = weights.reshape(-1)[order]
+        # one view per expert from a single unbind: backward stacks the experts' gradients once
+        # (indexing each expert would build and fill a full-size zero gradient per expert)
+        gate_up_proj, down_proj = self.gate_up_proj.unbind(0), self.down_proj.unbind(0)
         start = 0
         for expert, count in enumerate(counts):
             if count == 0:
                 continue
             rows = token[start : start + count]
-            gate, up = F.linear(x[rows], self.gate_up_proj[expert]).chunk(2, dim=-1)
-            y = F.linear(F.silu(gate) * up, self.down_proj[expert])
+            gate, up = F.linear(x[rows], gate_up_proj[expert]).chunk(2, dim=-1)
+            y = F.linear(F.silu(gate) * up, down_proj[expert])
             out.index_add_(0, rows, (y * slot_weight[start : start + count, None]).to(out.dtype))
             start += count
         return out
