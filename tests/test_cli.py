@@ -69,3 +69,10 @@ def test_recipes_lists_both_with_thresholds(capsys):
     out = capsys.readouterr().out
     assert "mapcc:" in out and "fineweb2-zh:" in out
     assert "dup_line_frac=0.287" in out and "min_mean_word_length=1.3" in out
+
+
+def test_demo_refuses_articles_from_the_held_out_split(tmp_path, capsys):
+    assert main(["demo", "--out", str(tmp_path / "demo"), "--articles", "7000"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "held out" in err[0]
+    assert not (tmp_path / "demo").exists()

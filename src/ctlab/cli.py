@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from pathlib import Path
 
 from ctlab import __version__
 
@@ -142,7 +143,7 @@ def _cmd_data_pack(args: argparse.Namespace) -> int:
 def _cmd_train_pretrain(args: argparse.Namespace) -> int:
     from ctlab.tokens.store import StoreError
     from ctlab.train.config import TrainConfig, apply_override
-    from ctlab.train.pretrain import DeviceUnavailable, RunConflict, pretrain
+    from ctlab.train.pretrain import DeviceUnavailable, RunConflict, initial_eval, pretrain
 
     try:
         config = TrainConfig.load(args.config) if args.config else TrainConfig()
@@ -176,8 +177,10 @@ def _cmd_train_pretrain(args: argparse.Namespace) -> int:
     if int(os.environ.get("RANK", "0")) != 0:  # under torchrun, the first process reports
         return 0
     summary = f"step {final['step']}: loss {final['loss']:.4f}"
+    before = initial_eval(Path(config.out) / "metrics.jsonl")
     for name, result in final.get("eval", {}).items():
-        summary += f", {name} ppl {result['ppl']:.2f}"
+        start = f"{before[name]['ppl']:.2f} at step 0 -> " if name in before else ""
+        summary += f", {name} ppl {start}{result['ppl']:.2f}"
     print(summary)
     print(f"run: {config.out} (checkpoints/, metrics.jsonl, loss.png)")
     return 0
@@ -204,6 +207,11 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
     if args.articles < 1 or args.workers < 1:
         raise UsageError("--articles and --workers must be at least 1")
+    from ctlab.data.demo import inews_articles
+
+    trainable = len(inews_articles(("train", "dev")))  # the test split is the held-out set
+    if args.articles > trainable:
+        raise UsageError(f"--articles can be at most {trainable} (the inews test split is held out)")
     try:
         load_recipe(args.recipe)
     except RecipeError as err:
@@ -223,7 +231,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo = commands.add_parser("demo", help="run the main job on built-in data")
     demo.add_argument("--out", default="runs/demo", help="output directory (default: runs/demo)")
     demo.add_argument("--recipe", default="mapcc", help="cleaning recipe (default: mapcc)")
-    demo.add_argument("--articles", type=int, default=2000, help="inews articles in the demo input (default: 2000)")
+    demo.add_argument(
+        "--articles", type=int, default=2000, help="inews train/dev articles in the demo input (default: 2000)"
+    )
     demo.add_argument("--workers", type=int, default=2, help="parallel processes (default: 2)")
     demo.set_defaults(handler=_cmd_demo)
 

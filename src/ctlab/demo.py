@@ -128,14 +128,16 @@ def run_demo(out: str, recipe_name: str = "mapcc", articles: int = 2000, workers
         7,
         steps,
         f"pretraining a tiny model on {PRETRAIN_SEQ_LEN}-token sequences, with LayerSkip (layer dropout, "
-        "rotational early-exit loss), evaluated on held-out Chinese and English",
-        f"ctlab data pack {tokens} --seq-len {PRETRAIN_SEQ_LEN} --out {train_data}\n"
-        f"    $ ctlab train pretrain --preset tiny --data {train_data} --out {run} --steps {PRETRAIN_STEPS} "
-        f"--eval zh={heldout['zh']} --eval en={heldout['en']} "
-        "--set layerskip.p_max=0.1 --set layerskip.early_exit=rotational",
+        "rotational early-exit loss), evaluated on held-out Chinese (inews test split) and English (pydoc)",
+        f"ctlab data pack {tokens} --seq-len {PRETRAIN_SEQ_LEN} --out {train_data}",
     )
     write_packing(tokens, train_data, PRETRAIN_SEQ_LEN, "bfd")
     _pack_heldout_sets(out, tokenizer, heldout)
+    print(
+        f"    $ ctlab train pretrain --preset tiny --data {train_data} --out {run} --steps {PRETRAIN_STEPS} "
+        f"--lr 2e-3 --set warmup_steps=10 --eval zh={heldout['zh']} --eval en={heldout['en']} "
+        "--set eval_batches=4 --set layerskip.p_max=0.1 --set layerskip.early_exit=rotational"
+    )
     _pretrain_tiny(train_data, run, heldout)
 
     report = os.path.join(out, "early-exit")
@@ -143,7 +145,7 @@ def run_demo(out: str, recipe_name: str = "mapcc", articles: int = 2000, workers
         8,
         steps,
         "perplexity when exiting after each layer, and the checkpoint in transformers",
-        f"ctlab eval early-exit {run} --data {heldout['zh']} --out {report}",
+        f"ctlab eval early-exit {run} --data {heldout['zh']} --batches 4 --out {report}",
     )
     from ctlab.eval.early_exit import early_exit_report, table
 
@@ -165,6 +167,8 @@ def _pack_heldout_sets(out: str, tokenizer: str, folders: dict[str, str]) -> Non
         os.makedirs(os.path.dirname(source), exist_ok=True)
         _write_jsonl_gz(source, texts)
         tokens = os.path.join(out, f"tokens-heldout-{name}")
+        print(f"    $ ctlab data tokenize {name}={source} --tokenizer {tokenizer} --out {tokens}")
+        print(f"    $ ctlab data pack {tokens} --seq-len {PRETRAIN_SEQ_LEN} --out {folders[name]}")
         shutil.rmtree(tokens, ignore_errors=True)
         tokenize(parse_sources([f"{name}={source}"], None), tokenizer, tokens, progress=False)
         write_packing(tokens, folders[name], PRETRAIN_SEQ_LEN, "bfd")

@@ -71,6 +71,7 @@ def make_config(data: str, out: Path, **changes) -> TrainConfig:
         "eval_batches": 4,
         "checkpoint_every": 2,
         "seed": 0,
+        "device": "cpu",
     }
     fields.update(changes)
     return TrainConfig(**fields)
@@ -115,13 +116,15 @@ def train(config: TrainConfig) -> dict:
     return pretrain(config, progress=False)
 
 
-def run_cli(config_file: Path, env_extra: dict | None = None, torchrun: bool = False) -> subprocess.CompletedProcess:
+def run_cli(
+    config_file: Path, env_extra: dict | None = None, torchrun: bool = False, flags: tuple[str, ...] = ()
+) -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": "1", **(env_extra or {})}
     if torchrun:
         launcher = [str(Path(sys.executable).with_name("torchrun")), "--standalone", "--nproc-per-node", "2", "-m"]
     else:
         launcher = [sys.executable, "-m"]
-    command = [*launcher, "ctlab.cli", "train", "pretrain", "--config", str(config_file), "--no-progress"]
+    command = [*launcher, "ctlab.cli", "train", "pretrain", "--config", str(config_file), "--no-progress", *flags]
     return subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
 
 
@@ -159,18 +162,39 @@ def test_gradient_accumulation_gives_the_same_steps(tmp_path, packed_train):
     assert step_records(whole.out)[5]["loss"] < step_records(whole.out)[1]["loss"]
 
 
+def trainer_state(run: str | Path, step: int) -> dict:
+    return json.loads((checkpoint_dir(run, step) / "trainer_state.json").read_text())
+
+
+def resume_from_step_2(config_file: Path, run: str, flags: tuple[str, ...]) -> None:
+    """Delete the step-4 checkpoint of a finished 4-step run and rerun it under torchrun with ``flags``."""
+    assert [step for step, _ in completed_checkpoints(run)] == [2, 4]
+    shutil.rmtree(checkpoint_dir(run, 4))
+    result = run_cli(config_file, torchrun=True, flags=flags)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert [r["step"] for r in records(run) if "loss" in r] == [1, 2, 3, 4]  # resumed at step 2, not from scratch
+
+
 def test_data_parallel_two_processes_equal_one_process(tmp_path, packed_train):
-    """torchrun, 2 CPU processes (gloo), batch 2 each == 1 process, batch 2 × 2 micro-batches."""
-    parallel = make_config(packed_train, tmp_path / "ddp", steps=4, batch_size=2, grad_accum=1)
+    """torchrun, 2 CPU processes (gloo), batch 2 each == 1 process, batch 2 × 2 micro-batches.
+    The run then resumes from its step-2 checkpoint sharded (FSDP) and ends at the same weights."""
+    parallel = make_config(packed_train, tmp_path / "ddp", steps=4, batch_size=2, grad_accum=1, keep_every=2)
     single = make_config(packed_train, tmp_path / "single", steps=4, batch_size=2, grad_accum=2)
-    result = run_cli(write_config(parallel, tmp_path / "ddp.yaml"), torchrun=True)
+    config_file = write_config(parallel, tmp_path / "ddp.yaml")
+    result = run_cli(config_file, torchrun=True)
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.count("step 4: loss") == 1  # the first process reports
     train(single)
     assert_steps_close(step_records(parallel.out), step_records(single.out))
     assert_weights_close(final_weights(parallel.out), final_weights(single.out))
-    state = json.loads((completed_checkpoints(parallel.out)[-1][1] / "trainer_state.json").read_text())
+    state = trainer_state(parallel.out, 4)
     assert state["data"]["main"] == 4 * 4  # the stream advanced by the global batch each step
+    assert (state["processes"], state["parallel"]) == (2, "ddp")
+
+    resume_from_step_2(config_file, parallel.out, ("--parallel", "fsdp"))
+    assert trainer_state(parallel.out, 4)["parallel"] == "fsdp"
+    assert_steps_close(step_records(parallel.out), step_records(single.out))
+    assert_weights_close(final_weights(parallel.out), final_weights(single.out))
 
 
 def optimizer_state(run: str | Path, step: int) -> dict:
@@ -179,16 +203,18 @@ def optimizer_state(run: str | Path, step: int) -> dict:
 
 def test_fsdp_two_processes_equal_one_process_and_resume(tmp_path, packed_train):
     """torchrun, 2 CPU processes sharding the model (FSDP), 2 micro-batches of 2 each, with the
-    early-exit loss (the shared head called outside forward) == 1 process, 4 micro-batches of 2.
-    The gathered checkpoints (weights and optimiser state) match, and an FSDP run resumed from its
-    step-2 checkpoint ends where the uninterrupted one did."""
+    early-exit loss (3 layers: the first layer's exit goes through the shared head outside
+    forward) == 1 process, 4 micro-batches of 2. The gathered checkpoints (weights and optimiser
+    state) match, and the run resumed from its step-2 checkpoint under DDP ends at the same weights."""
     layerskip = {"early_exit": "rotational", "rotation": 2}
-    common = {"steps": 4, "batch_size": 2, "layerskip": layerskip, "keep_every": 2}
+    model = {**TINY_MODEL, "num_layers": 3}
+    common = {"steps": 4, "batch_size": 2, "layerskip": layerskip, "keep_every": 2, "model": model}
     sharded = make_config(packed_train, tmp_path / "fsdp", grad_accum=2, parallel="fsdp", **common)
     single = make_config(packed_train, tmp_path / "single", grad_accum=4, **common)
     config_file = write_config(sharded, tmp_path / "fsdp.yaml")
     result = run_cli(config_file, torchrun=True)
     assert result.returncode == 0, result.stderr[-3000:]
+    assert (trainer_state(sharded.out, 4)["processes"], trainer_state(sharded.out, 4)["parallel"]) == (2, "fsdp")
     train(single)
     assert_steps_close(step_records(sharded.out), step_records(single.out))
     assert_weights_close(final_weights(sharded.out), final_weights(single.out))
@@ -199,13 +225,9 @@ def test_fsdp_two_processes_equal_one_process_and_resume(tmp_path, packed_train)
             expected = single_optimizer["state"][name][key]
             assert (moments[key] - expected).norm() <= 1e-4 * expected.norm(), (name, key)
 
-    uninterrupted = final_weights(sharded.out)
-    assert [step for step, _ in completed_checkpoints(sharded.out)] == [2, 4]
-    shutil.rmtree(checkpoint_dir(sharded.out, 4))
-    result = run_cli(config_file, torchrun=True)
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert [r["step"] for r in records(sharded.out) if "loss" in r] == [1, 2, 3, 4]  # resumed at step 2
-    assert_weights_close(final_weights(sharded.out), uninterrupted)
+    resume_from_step_2(config_file, sharded.out, ("--parallel", "ddp"))
+    assert trainer_state(sharded.out, 4)["parallel"] == "ddp"
+    assert_weights_close(final_weights(sharded.out), final_weights(single.out))
     assert_steps_close(step_records(sharded.out), step_records(single.out))
 
 
@@ -377,7 +399,7 @@ def test_layer_dropout_and_early_exit_change_training(tmp_path, packed_train):
 # -- continual pretraining ----------------------------------------------------------------------------
 
 
-def test_continual_pretraining_from_a_checkpoint_with_replay(tmp_path, run_a, packed_english, packed_train):
+def test_continual_pretraining_from_a_checkpoint_with_replay(tmp_path, capsys, run_a, packed_english, packed_train):
     start = completed_checkpoints(run_a.out)[-1][1]
     config = make_config(
         packed_english,
@@ -392,10 +414,13 @@ def test_continual_pretraining_from_a_checkpoint_with_replay(tmp_path, run_a, pa
         checkpoint_every=6,
         eval_data={"zh": run_a.eval_data["zh"]},
     )
-    train(config)
+    assert main(["train", "pretrain", "--config", str(write_config(config, tmp_path / "c.yaml")), "--no-progress"]) == 0
     evals = eval_records(config.out)
     # it starts from run A's weights: the step-0 evaluation is run A's last one
     assert evals[0]["zh"]["loss"] == pytest.approx(eval_records(run_a.out)[8]["zh"]["loss"], rel=1e-6)
+    # the summary reports the old domain's perplexity before and after
+    summary = capsys.readouterr().out
+    assert f"zh ppl {evals[0]['zh']['ppl']:.2f} at step 0 -> {evals[6]['zh']['ppl']:.2f}" in summary
     # each micro-batch of 4 rows holds 3 rows of the new data and 1 of the replayed data
     state = json.loads((completed_checkpoints(config.out)[-1][1] / "trainer_state.json").read_text())
     assert state["data"] == {"main": 6 * 3, "replay": 6 * 1, "global_batch_size": 3}

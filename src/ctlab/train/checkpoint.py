@@ -2,13 +2,16 @@
 
 ``RUN/checkpoints/step-00000100/`` holds the model in Hugging Face format (config.json,
 model.safetensors, tokenizer files), ``optimizer.pt`` (the optimiser state keyed by parameter
-name, loaded with ``weights_only``), ``rng.pt`` and ``trainer_state.json`` (step, data positions,
-tokens seen). It is written under a temporary name and renamed when complete, so a run killed
-during a save resumes from the previous checkpoint. Old checkpoints are pruned except every
-``keep_every``-th step.
+name, loaded with ``weights_only``) and ``trainer_state.json`` (step, data positions, tokens
+seen, how many processes trained it and how). It is written under a temporary name and renamed
+when complete, so a run killed during a save resumes from the previous checkpoint. Old
+checkpoints are pruned except every ``keep_every``-th step. Training draws no random numbers
+outside the loader's seeded shuffling and the layer-dropout generators seeded per step, so there
+is no RNG state to keep.
 
-Under torch.distributed the states are gathered whole on rank 0 (FSDP's shards too) and loaded
-whole on every rank, so a checkpoint does not depend on how the run was parallelised.
+Under torch.distributed rank 0 gathers the whole states (FSDP's shards too) and writes them; on
+resume it reads them and sends them to the other ranks (sharded again under FSDP), so a
+checkpoint does not depend on how the run was parallelised.
 """
 
 from __future__ import annotations
@@ -76,7 +79,6 @@ def save_checkpoint(
     staging.mkdir(parents=True)
     save_pretrained(model, staging, tokenizer_dir, model_state)
     torch.save(optimizer_state, staging / "optimizer.pt")
-    torch.save({"torch": torch.get_rng_state()}, staging / "rng.pt")
     write_json(staging / "trainer_state.json", {"step": step, **trainer_state})
     shutil.rmtree(final, ignore_errors=True)
     staging.rename(final)
@@ -93,11 +95,15 @@ def load_weights(folder: Path, model: Decoder) -> None:
     model.load_state_dict(from_hf_state(load_file(folder / "model.safetensors"), model.config))
 
 
-def load_training_state(folder: Path, model: Decoder, optimizer: torch.optim.Optimizer) -> dict:
-    """Restore the optimiser state (sharded again under FSDP) and RNG from ``folder``; returns
-    trainer_state.json."""
-    options = StateDictOptions(full_state_dict=True) if dist.is_initialized() else StateDictOptions()
-    optimizer_state = torch.load(folder / "optimizer.pt", weights_only=True)
+def load_training_state(folder: Path | None, model: Decoder, optimizer: torch.optim.Optimizer) -> dict:
+    """Restore the optimiser state from ``folder``; returns trainer_state.json. Under
+    torch.distributed every rank calls it, rank 0 with the folder and the others with None: they
+    receive rank 0's states (their shards of them under FSDP)."""
+    distributed = dist.is_initialized()
+    optimizer_state = {} if folder is None else torch.load(folder / "optimizer.pt", weights_only=True)
+    options = StateDictOptions(full_state_dict=True, broadcast_from_rank0=True) if distributed else StateDictOptions()
     set_optimizer_state_dict(model, optimizer, optimizer_state, options=options)
-    torch.set_rng_state(torch.load(folder / "rng.pt", weights_only=True)["torch"])
-    return json.loads((folder / "trainer_state.json").read_text())
+    trainer_state = [None if folder is None else json.loads((folder / "trainer_state.json").read_text())]
+    if distributed:
+        dist.broadcast_object_list(trainer_state, src=0)
+    return trainer_state[0]

@@ -11,6 +11,8 @@ import yaml
 
 from ctlab.fields import reject_unknown
 
+RUNTIME_FIELDS = ("device", "parallel", "compile")
+
 
 @dataclass
 class LayerSkipConfig:
@@ -127,6 +129,11 @@ class TrainConfig:
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+    def identity(self) -> dict:
+        """The fields that decide what a run computes: a run resumes only under the same identity,
+        but may resume on another device, parallelism or compilation setting."""
+        return {k: v for k, v in self.to_dict().items() if k not in RUNTIME_FIELDS}
 
     @classmethod
     def from_dict(cls, data: dict) -> TrainConfig:

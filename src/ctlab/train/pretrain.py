@@ -39,7 +39,13 @@ from ctlab.tokens.loader import PackedLoader, collate
 from ctlab.tokens.packed import IGNORE_INDEX, PackedDataset
 from ctlab.tokens.store import StoreError
 from ctlab.train import layerskip
-from ctlab.train.checkpoint import completed_checkpoints, load_training_state, load_weights, save_checkpoint
+from ctlab.train.checkpoint import (
+    checkpoint_dir,
+    completed_checkpoints,
+    load_training_state,
+    load_weights,
+    save_checkpoint,
+)
 from ctlab.train.config import TrainConfig
 
 
@@ -56,6 +62,7 @@ class Distributed:
     rank: int = 0
     world_size: int = 1
     device: torch.device = torch.device("cpu")
+    owns_group: bool = False  # the process group was started here (and is ended at the run's end)
 
     @property
     def main(self) -> bool:
@@ -77,12 +84,18 @@ def setup_distributed(device: str = "auto") -> Distributed:
         raise DeviceUnavailable("device cuda was asked for, but torch sees no GPU on this machine")
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank, local_rank = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
+    if use_cuda and local_rank >= torch.cuda.device_count():
+        raise DeviceUnavailable(
+            f"process {local_rank} of this machine has no GPU of its own ({torch.cuda.device_count()} found): "
+            "start at most that many processes per machine, or train with --device cpu"
+        )
     placed = torch.device("cuda", local_rank) if use_cuda else torch.device("cpu")
     if use_cuda:
         torch.cuda.set_device(placed)
-    if world_size > 1 and not dist.is_initialized():
+    owns_group = world_size > 1 and not dist.is_initialized()
+    if owns_group:
         dist.init_process_group("nccl" if use_cuda else "gloo")
-    return Distributed(rank, world_size, placed)
+    return Distributed(rank, world_size, placed, owns_group)
 
 
 def parallelise(model: Decoder, config: TrainConfig, env: Distributed) -> torch.nn.Module:
@@ -91,6 +104,8 @@ def parallelise(model: Decoder, config: TrainConfig, env: Distributed) -> torch.
     head in the root unit; ``exit_logits`` gathers like ``forward``)."""
     if env.world_size == 1:
         return model
+    for tensor in model.state_dict().values():  # every rank starts from rank 0's weights
+        dist.broadcast(tensor, src=0)
     if config.parallel == "fsdp":
         from torch.distributed.fsdp import fully_shard, register_fsdp_forward_method
 
@@ -103,6 +118,16 @@ def parallelise(model: Decoder, config: TrainConfig, env: Distributed) -> torch.
 
     # a layer every sample of a rank skips (layer dropout) gets no gradient on that rank
     return DistributedDataParallel(model, find_unused_parameters=config.layerskip.p_max > 0)
+
+
+def parallel_mode(trained: torch.nn.Module) -> str:
+    """How the steps are parallelised: "fsdp", "ddp" or "none"."""
+    from torch.distributed.fsdp import FSDPModule
+    from torch.nn.parallel import DistributedDataParallel
+
+    if isinstance(trained, FSDPModule):
+        return "fsdp"
+    return "ddp" if isinstance(trained, DistributedDataParallel) else "none"
 
 
 def gradient_sync(trained: torch.nn.Module, sync: bool) -> contextlib.AbstractContextManager:
@@ -242,7 +267,11 @@ def _claim_run(config: TrainConfig, env: Distributed) -> None:
     saved = out / "config.json"
     if env.main:
         if saved.is_file():
-            if json.loads(saved.read_text()) != config.to_dict():
+            try:
+                same = TrainConfig.from_dict(json.loads(saved.read_text())).identity() == config.identity()
+            except (ValueError, TypeError):  # a config.json of another ctlab version or hand-edited
+                same = False
+            if not same:
                 raise RunConflict(f"{out} holds a run with another config: choose another --out")
         else:
             if out.exists() and any(out.iterdir()):
@@ -253,10 +282,30 @@ def _claim_run(config: TrainConfig, env: Distributed) -> None:
         dist.barrier()
 
 
+def _resume_point(config: TrainConfig, env: Distributed) -> Path | None:
+    """The checkpoint to resume from, chosen by rank 0 (which writes them) for every rank; None
+    for a fresh run. Only rank 0 reads it (the others get its contents through the group), so
+    other machines need not see the run folder."""
+    found = [None]
+    if env.main and (checkpoints := completed_checkpoints(config.out)):
+        found = [checkpoints[-1][0]]
+    if env.world_size > 1:
+        dist.broadcast_object_list(found, src=0)
+    return None if found[0] is None else checkpoint_dir(config.out, found[0])
+
+
 def pretrain(config: TrainConfig, progress: bool = True) -> dict:
     """Train (or resume) the run described by ``config``; returns the final metrics."""
     config.validate()
     env = setup_distributed(config.device)
+    try:
+        return _pretrain(config, env, progress)
+    finally:
+        if env.owns_group:
+            dist.destroy_process_group()
+
+
+def _pretrain(config: TrainConfig, env: Distributed, progress: bool) -> dict:
     source = BatchSource(config, env)  # a bad --data is refused before the run folder is touched
     tokens_manifest = source.main.dataset.store.manifest
     tokenizer_json = Path(tokens_manifest["tokenizer"]["path"])
@@ -264,21 +313,19 @@ def pretrain(config: TrainConfig, progress: bool = True) -> dict:
         raise StoreError(f"{tokenizer_json} is not the tokenizer {config.data} was tokenised with")
     _claim_run(config, env)
     model = build_model(config, tokens_manifest)
-    checkpoints = completed_checkpoints(config.out)
-    if checkpoints:
-        load_weights(checkpoints[-1][1], model)
+    resume = _resume_point(config, env)
+    if resume is not None and env.main:
+        load_weights(resume, model)
     model.to(env.device)
     trained = parallelise(model, config, env)
     optimizer = _optimizer(model, config)  # after FSDP has sharded the parameters
     step, tokens_seen = 0, 0
-    if checkpoints:
-        state = load_training_state(checkpoints[-1][1], model, optimizer)
+    if resume is not None:
+        state = load_training_state(resume if env.main else None, model, optimizer)
         step, tokens_seen = state["step"], state["tokens_seen"]
         source.restore(state["data"])
         if env.main:
             _truncate_metrics(Path(config.out) / "metrics.jsonl", step)
-    else:
-        torch.manual_seed(config.seed)
     forward = torch.compile(trained) if config.compile else trained
     metrics_path = Path(config.out) / "metrics.jsonl"
     tokenizer_dir = str(Path(tokens_manifest["tokenizer"]["path"]).parent)
@@ -354,7 +401,12 @@ def pretrain(config: TrainConfig, progress: bool = True) -> dict:
             log({"step": step, "tokens": tokens_seen, "eval": evals})
             last["eval"] = evals
         if step % config.checkpoint_every == 0 or step == config.steps:
-            state = {"tokens_seen": tokens_seen, "data": source.state()}
+            state = {
+                "tokens_seen": tokens_seen,
+                "data": source.state(),
+                "processes": env.world_size,
+                "parallel": parallel_mode(trained),
+            }
             save_checkpoint(config.out, step, model, optimizer, state, tokenizer_dir, config.keep_every)
             if env.world_size > 1:
                 dist.barrier()
@@ -382,6 +434,12 @@ def last_metrics(path: Path) -> dict:
         elif "eval" in record:
             last["eval"] = record["eval"]
     return last
+
+
+def initial_eval(path: Path) -> dict:
+    """The held-out results at step 0 (before any training step: for continual pretraining, the
+    starting checkpoint's), or {} when the run has none."""
+    return next((r["eval"] for r in read_metrics(path) if r["step"] == 0 and "eval" in r), {})
 
 
 def _router_metrics(routers: list, aux: float) -> dict:
