@@ -338,6 +338,21 @@ def test_rerunning_a_finished_run_is_harmless(tmp_path, run_a, capsys):
     assert "step 2" in capsys.readouterr().out
 
 
+def test_a_run_resumes_with_other_runtime_settings_but_not_other_training(tmp_path, packed_train, capsys):
+    config = make_config(packed_train, tmp_path / "run", steps=2, checkpoint_every=2)
+    train(config)
+    config_file = str(write_config(config, tmp_path / "c.yaml"))
+    base = ["train", "pretrain", "--config", config_file, "--no-progress"]
+    # how it runs may change; a config.json written before a runtime field existed still matches
+    saved = json.loads((Path(config.out) / "config.json").read_text())
+    write_json(Path(config.out) / "config.json", {k: v for k, v in saved.items() if k != "parallel"})
+    assert main([*base, "--device", "cpu", "--parallel", "fsdp", "--set", "compile=true"]) == 0
+    assert "step 2" in capsys.readouterr().out
+    # what it computes may not
+    assert_usage_error(capsys, [*base, "--lr", "0.5"], "another config")
+    assert_usage_error(capsys, [*base, "--set", "model.num_layers=3"], "another config")
+
+
 # -- LayerSkip ----------------------------------------------------------------------------------------
 
 
