@@ -147,10 +147,8 @@ def _cmd_train_pretrain(args: argparse.Namespace) -> int:
 
     try:
         config = TrainConfig.load(args.config) if args.config else TrainConfig()
-        for name in ("data", "out", "preset", "steps", "batch_size", "grad_accum", "lr", "dtype", "device", "parallel"):
-            if getattr(args, name) is not None:
-                setattr(config, name, getattr(args, name))
-        for name in ("seed", "init_from"):
+        flags = ("data", "out", "preset", "steps", "batch_size", "grad_accum", "lr", "dtype", "device", "parallel")
+        for name in (*flags, "seed", "init_from"):
             if getattr(args, name) is not None:
                 setattr(config, name, getattr(args, name))
         if args.compile:

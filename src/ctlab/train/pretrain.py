@@ -357,7 +357,7 @@ def _pretrain(config: TrainConfig, env: Distributed, progress: bool) -> dict:
         predicted = env.sum(
             torch.tensor(sum(int((b["labels"] != IGNORE_INDEX).sum()) for b in micro), dtype=torch.float64)
         )
-        scale = env.world_size / predicted.item()  # DDP averages gradients over ranks: undo it
+        scale = env.world_size / predicted.item()  # DDP and FSDP average gradients over ranks: undo it
         loss_sum, aux_sum, routers = torch.zeros((), dtype=torch.float64), 0.0, []
         for i, batch in enumerate(micro):
             context = gradient_sync(trained, sync=i == len(micro) - 1)
