@@ -30,6 +30,8 @@ bench: setup
 	$(BIN)/python benchmarks/bench_clean.py
 	$(BIN)/python benchmarks/bench_tokenize.py
 	$(BIN)/python benchmarks/bench_pack.py
+	$(BIN)/python benchmarks/bench_train.py
+	# training-budget figures (tens of minutes each on 2 cores): bench_architectures.py, bench_continual.py
 
 clean:
 	rm -rf runs .pytest_cache
