@@ -122,16 +122,6 @@ def test_packed_row_matches_transformers_per_document(name, tmp_path):
 # ---------------------------------------------------------------- import from transformers
 
 
-def _randomise_hf(model):
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if name.endswith("bias"):
-                p.normal_(std=0.5)
-            elif "norm" in name:
-                p.copy_(1 + 0.2 * torch.randn_like(p))
-    return model.eval()
-
-
 SMALL_HF = dict(
     vocab_size=VOCAB,
     hidden_size=64,
@@ -165,7 +155,7 @@ IMPORTS = {
 
 @pytest.mark.parametrize("name", list(IMPORTS))
 def test_import_transformers_checkpoint(name, tmp_path):
-    hf = _randomise_hf(IMPORTS[name]())
+    hf = perturb(IMPORTS[name]())
     hf.save_pretrained(tmp_path)
     model = load_pretrained(tmp_path).eval()
     x = ids()
@@ -181,7 +171,7 @@ def test_import_transformers_checkpoint(name, tmp_path):
 def test_import_stacked_expert_layout(name, tmp_path):
     """transformers 5 keeps experts stacked in memory (experts.gate_up_proj): a safetensors file of
     that state dict imports too."""
-    hf = _randomise_hf(IMPORTS[name]())
+    hf = perturb(IMPORTS[name]())
     state = {k: v.detach().contiguous() for k, v in hf.state_dict().items()}
     assert any(k.endswith("mlp.experts.gate_up_proj") for k in state)
     save_file(state, str(tmp_path / "model.safetensors"))
