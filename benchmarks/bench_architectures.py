@@ -25,7 +25,7 @@ from packed_data import packed_folder, tokenizer_folder
 from ctlab.data.demo import heldout_chinese, inews_articles, normalized
 from ctlab.eval.early_exit import early_exit_report, table
 from ctlab.report.tables import text_table
-from ctlab.train.config import LayerSkipConfig, TrainConfig
+from ctlab.train.config import LayerSkipConfig, PretrainConfig
 from ctlab.train.pretrain import pretrain
 
 RUNS = {  # name: (run folder, settings)
@@ -58,7 +58,7 @@ def main() -> None:
     results = {}
     for name, (folder, settings) in RUNS.items():
         run = out / folder
-        config = TrainConfig(
+        config = PretrainConfig(
             data=train,
             out=str(run),
             steps=args.steps,

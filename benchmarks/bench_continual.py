@@ -32,10 +32,9 @@ from ctlab.data.demo import (
     inews_articles,
     normalized,
 )
-from ctlab.report.plots import read_metrics
 from ctlab.report.tables import text_table
-from ctlab.train.checkpoint import completed_checkpoints
-from ctlab.train.config import TrainConfig
+from ctlab.runs import Metrics, checkpoints
+from ctlab.train.config import PretrainConfig
 from ctlab.train.pretrain import pretrain
 
 
@@ -53,7 +52,7 @@ def prepare(out: Path) -> dict[str, str]:
 
 
 def first_and_last_eval(run: Path) -> tuple[dict, dict]:
-    evals = [r["eval"] for r in read_metrics(run / "metrics.jsonl") if "eval" in r]
+    evals = [r["eval"] for r in Metrics(run).read() if "eval" in r]
     return evals[0], evals[-1]
 
 
@@ -68,7 +67,7 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     data = prepare(out)
     common = {"batch_size": 8, "eval_data": {"zh": data["zh"], "en": data["en"]}, "eval_batches": 16}
-    base = TrainConfig(
+    base = PretrainConfig(
         data=data["old"],
         out=str(out / "base"),
         steps=args.base_steps,
@@ -81,11 +80,11 @@ def main() -> None:
     started = time.perf_counter()
     pretrain(base, progress=False)
     print(f"base: {args.base_steps} steps on zh ({time.perf_counter() - started:.0f} s)", flush=True)
-    base_checkpoint = str(completed_checkpoints(base.out)[-1][1])
+    base_checkpoint = str(checkpoints(base.out)[-1][1])
     results = {}
     for ratio in (float(r) for r in args.ratios.split(",")):
         run = out / f"continual-replay-{ratio:g}"
-        config = TrainConfig(
+        config = PretrainConfig(
             data=data["new"],
             out=str(run),
             init_from=base_checkpoint,

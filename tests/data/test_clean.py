@@ -15,8 +15,6 @@ import pytest
 from ctlab.cli import main
 from ctlab.data.clean import (
     ExecutorOptions,
-    RunConflict,
-    RunError,
     build_phases,
     make_executors,
     plan_clean,
@@ -26,6 +24,8 @@ from ctlab.data.demo import build_demo_input, junk_removed, kept_ids
 from ctlab.data.readers import BadRecord, CorpusReader, expand_inputs
 from ctlab.data.recipes import load_recipe
 from ctlab.data.steps import read_output
+from ctlab.errors import UserError
+from ctlab.runs import RunConflict
 
 MAPCC_STAGES = ["normalize", "url", "language", "mapcc-rules", "mapcc-repetition", "pii", "similar-lines", "dedup"]
 DEMO_BAD_RECORDS = {"malformed_json": 2, "invalid_utf8": 1, "empty": 1, "binary": 1}
@@ -160,7 +160,11 @@ def test_other_arguments_on_the_same_dir_conflict(demo, tmp_path, capsys):
         run_clean(inputs, out, load_recipe("mapcc"), ExecutorOptions(tasks=2), input_format="jsonl")
     assert main(["data", "clean", *inputs, "--out", out, "--tasks", "2", "--recipe", "fineweb2-zh"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("ctlab: error:") and "other inputs or settings" in err[0]
+    assert (
+        len(err) == 1
+        and err[0].startswith("ctlab: error:")
+        and "holds a clean run with other settings (recipe." in err[0]
+    )
     assert (demo["out"] / "stats.json").read_bytes() == stats_before
 
 
@@ -184,7 +188,7 @@ def test_recipe_file_overrides_change_the_stages(tmp_path, inews):
     assert [s["name"] for s in stats["stages"]] == expected
     assert not (out / "logs" / "dedup-filter").exists()  # no cross-document dedup: no dedup phases
     check_accounting(out, stats)
-    assert json.loads((out / "run.json").read_text(encoding="utf-8"))["recipe"]["pii"]["enabled"] is False
+    assert json.loads((out / "run.json").read_text(encoding="utf-8"))["identity"]["recipe"]["pii"]["enabled"] is False
 
 
 # -- resume after a kill ---------------------------------------------------------------------------------
@@ -312,7 +316,7 @@ def test_ray_executor_without_ray_is_a_clear_error(tmp_path, inews):
     if importlib.util.find_spec("ray") is not None:
         pytest.skip("ray is installed")
     phases = build_phases(load_recipe("mapcc"), _tiny_input(tmp_path, inews), str(tmp_path / "out"), 2, None, False)
-    with pytest.raises(ValueError, match="needs ray"):
+    with pytest.raises(UserError, match="needs ray"):
         make_executors(phases, str(tmp_path / "out"), ExecutorOptions(kind="ray"))
 
 
@@ -348,9 +352,9 @@ def test_slurm_executors_are_chained_without_submitting(tmp_path, inews, no_subp
         assert executor.logging_dir.path == f"{out}/logs/{name}"
         assert executor.job_id is None  # nothing submitted
     assert no_subprocesses == []
-    with pytest.raises(ValueError, match="slurm-partition"):
+    with pytest.raises(UserError, match="slurm-partition"):
         make_executors(phases, out, ExecutorOptions(kind="slurm"))
-    with pytest.raises(ValueError, match="unknown executor"):
+    with pytest.raises(UserError, match="unknown executor"):
         make_executors(phases, out, ExecutorOptions(kind="kubernetes"))
 
 
@@ -384,16 +388,16 @@ def test_slurm_run_submits_every_phase_after_the_previous(tmp_path, inews, monke
 
 def test_bad_options(tmp_path, inews):
     inputs = _tiny_input(tmp_path, inews)
-    with pytest.raises(RunError, match="at least 1"):
+    with pytest.raises(UserError, match="at least 1"):
         run_clean(inputs, str(tmp_path / "a"), load_recipe("mapcc"), ExecutorOptions(tasks=0))
-    with pytest.raises(RunError, match="input not found"):
+    with pytest.raises(UserError, match="input not found"):
         run_clean([str(tmp_path / "missing")], str(tmp_path / "b"), load_recipe("mapcc"))
     (tmp_path / "empty").mkdir()
-    with pytest.raises(RunError, match="no input files"):
+    with pytest.raises(UserError, match="no input files"):
         run_clean([str(tmp_path / "empty")], str(tmp_path / "c"), load_recipe("mapcc"))
     assert not (tmp_path / "a").exists() and not (tmp_path / "c").exists()
     (tmp_path / "a-file").write_text("x")
-    with pytest.raises(RunError, match="cannot write"):
+    with pytest.raises(UserError, match="a-file is a file, not a folder"):
         run_clean(inputs, str(tmp_path / "a-file"), load_recipe("mapcc"))
 
 
@@ -403,7 +407,57 @@ def test_inputs_in_another_order_are_another_run(tmp_path, inews):
     for path, (_, text) in ((first, inews[0]), (second, inews[1])):
         path.write_text(json.dumps({"text": text}, ensure_ascii=False) + "\n", encoding="utf-8")
     out = str(tmp_path / "out")
-    plan_clean([str(first), str(second)], out, load_recipe("mapcc"), ExecutorOptions(tasks=2))
-    with pytest.raises(RunConflict):
+    run_clean([str(first), str(second)], out, load_recipe("mapcc"), ExecutorOptions(tasks=2), progress=False)
+    with pytest.raises(RunConflict, match="inputs"):
         plan_clean([str(second), str(first)], out, load_recipe("mapcc"), ExecutorOptions(tasks=2))
     plan_clean([str(first), str(second), str(first)], out, load_recipe("mapcc"), ExecutorOptions(tasks=2))
+
+
+def test_a_run_that_never_started_can_be_corrected(tmp_path, inews):
+    """A claimed folder holding nothing but its run.json (a start that failed) takes the corrected command."""
+    source = tmp_path / "one.jsonl"
+    source.write_text(json.dumps({"text": inews[0][1]}, ensure_ascii=False) + "\n", encoding="utf-8")
+    out = str(tmp_path / "out")
+    plan_clean([str(source)], out, load_recipe("mapcc"), ExecutorOptions(tasks=2))
+    assert [p.name for p in Path(out).iterdir()] == ["run.json"]
+    plan_clean([str(source)], out, load_recipe("fineweb2-zh"), ExecutorOptions(tasks=1))
+    saved = json.loads((Path(out) / "run.json").read_text())
+    assert saved["identity"]["recipe"]["name"] == "fineweb2-zh" and saved["identity"]["tasks"] == 1
+
+
+def test_a_folder_that_is_not_a_clean_run_is_left_alone(tmp_path, inews, capsys):
+    out = tmp_path / "mine"
+    (out / "clean").mkdir(parents=True)
+    (out / "clean" / "00000.jsonl.gz").write_bytes(b"my data")
+    (out / "stats.json").write_text("my stats")
+    inputs = _tiny_input(tmp_path, inews)
+    assert main(["data", "clean", *inputs, "--out", str(out), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "not empty and not a ctlab clean folder" in err
+    assert (out / "clean" / "00000.jsonl.gz").read_bytes() == b"my data" and (
+        out / "stats.json"
+    ).read_text() == "my stats"
+    assert sorted(p.name for p in out.iterdir()) == ["clean", "stats.json"]
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "fmt", "bad"),
+    [
+        ("empty.jsonl", b"", None, "none"),
+        ("junk.bin", bytes(range(256)) * 8, None, "unknown_format 1"),
+        ("news.jsonl", None, "warc", "empty 1, truncated_warc 1"),
+    ],
+    ids=["empty file", "binary junk", "jsonl read as warc"],
+)
+def test_input_with_no_documents_is_an_error(tmp_path, inews, capfd, name, content, fmt, bad):
+    path = tmp_path / name
+    if content is None:
+        content = "".join(json.dumps({"text": text}, ensure_ascii=False) + "\n" for _, text in inews[:20]).encode()
+    path.write_bytes(content)
+    argv = ["data", "clean", str(path), "--out", str(tmp_path / "out"), "--no-progress"]
+    assert main([*argv, "--format", fmt] if fmt else argv) == 2
+    out, err = capfd.readouterr()
+    assert "0 documents read" in out  # the stages' table still says what happened
+    # one line: no library dumps the input's lines to stderr on the way
+    says = f"no documents could be read from the input (bad records: {bad}); check the files and --format"
+    assert err == f"ctlab: error: {says}\n"

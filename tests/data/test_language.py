@@ -66,9 +66,11 @@ def test_number_table_dropped_for_low_han_ratio(language_filter):
 
 
 def test_low_zh_score_threshold(language_filter, monkeypatch):
-    # Chinese news text with an impossible score requirement fails on the score, not the label
-    monkeypatch.setattr(language_filter, "config", LanguageConfig(min_zh_score=1.01))
-    assert run(language_filter, "近日南宁市公安局边阳派出所侦破了一起蹊跷的入室盗窃案。")[0] == (False, "low_zh_score")
+    # mixed text that is still labelled Chinese fails a strict score requirement on the score, not the label
+    monkeypatch.setattr(language_filter, "config", LanguageConfig(min_zh_score=0.999, min_han_ratio=0.1))
+    mixed = "近日南宁 police 侦破了 case。"
+    assert language_filter.identify(mixed)[0] == "zh"
+    assert run(language_filter, mixed)[0] == (False, "low_zh_score")
 
 
 def test_han_ratio_ignores_whitespace():

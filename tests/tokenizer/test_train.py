@@ -13,6 +13,7 @@ from tokenizers import Tokenizer
 
 from ctlab.cli import main
 from ctlab.data.demo import code_documents, heldout_chinese, inews_articles
+from ctlab.errors import UserError
 from ctlab.tokenizer.train import (
     BOS,
     EOS,
@@ -175,11 +176,25 @@ def test_han_runs_stay_apart_from_latin_letters(raw, train_texts):
     assert any(len(raw.decode([i])) >= 2 and re.fullmatch(f"[{HAN}]+", raw.decode([i])) for i in range(VOCAB))
 
 
-def test_chinese_compresses(raw):
+def test_chinese_compresses(raw, train_texts):
+    """Merged Han runs carry held-out Chinese: about three times the characters per token of UTF-8
+    bytes, a third of the Han characters inside multi-character tokens, and a larger vocabulary
+    compresses more."""
     texts = heldout_chinese()[:50]
-    tokens = sum(len(e.ids) for e in raw.encode_batch(texts, add_special_tokens=False))
-    characters = sum(map(len, texts))
-    assert characters / tokens > 1.0  # bytes alone: about 1/3
+    encodings = raw.encode_batch(texts, add_special_tokens=False)
+    characters, tokens = sum(map(len, texts)), sum(len(e.ids) for e in encodings)
+    utf8_bytes = sum(len(t.encode()) for t in texts)
+    assert characters / tokens > 2.5 * characters / utf8_bytes  # about 1.1 against 0.37
+    han = re.compile(f"[{HAN}]")
+    in_words = sum(
+        len(found)
+        for text, e in zip(texts, encodings, strict=True)
+        for a, b in e.offsets
+        if len(found := han.findall(text[a:b])) >= 2
+    )
+    assert in_words > 0.2 * len(han.findall("".join(texts)))
+    smaller = train_tokenizer(train_texts, 600, progress=False)
+    assert sum(len(e.ids) for e in smaller.encode_batch(texts, add_special_tokens=False)) > 1.4 * tokens
 
 
 def test_training_is_deterministic(train_texts, tokenizer_dir, tmp_path):
@@ -248,7 +263,7 @@ def test_assistant_mask_marks_the_answers_and_their_end(hf):
 
 
 def test_vocab_below_the_bytes_and_specials_is_refused(train_texts):
-    with pytest.raises(ValueError, match=str(MIN_VOCAB)):
+    with pytest.raises(UserError, match=str(MIN_VOCAB)):
         train_tokenizer(train_texts[:5], MIN_VOCAB - 1, progress=False)
     smallest = train_tokenizer(train_texts[:5], MIN_VOCAB, progress=False)
     assert smallest.get_vocab_size() == MIN_VOCAB
@@ -271,14 +286,14 @@ def test_train_on_files(train_texts, tmp_path):
 
 
 def test_train_needs_documents(tmp_path):
-    with pytest.raises(FileNotFoundError):
+    with pytest.raises(UserError, match="input not found: .*missing.jsonl"):
         train([str(tmp_path / "missing.jsonl")], str(tmp_path / "a"), 400, progress=False)
     (tmp_path / "empty").mkdir()
-    with pytest.raises(ValueError, match="no input files"):
+    with pytest.raises(UserError, match="no input files"):
         train([str(tmp_path / "empty")], str(tmp_path / "b"), 400, progress=False)
     blank = tmp_path / "blank.jsonl"
     blank.write_bytes(b'{"text": "   "}\n\n{"oops": 1}\n')
-    with pytest.raises(ValueError, match="no documents"):
+    with pytest.raises(UserError, match="no documents"):
         train([str(blank)], str(tmp_path / "c"), 400, progress=False)
     assert not (tmp_path / "b").exists() and not (tmp_path / "c").exists()
 

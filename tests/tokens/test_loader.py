@@ -1,5 +1,5 @@
 """Packed folders and the training loader: every selected document's tokens exactly once, labels and
-positions per chunk, cu_seqlens, rank sharding of the shuffled stream and resuming by position."""
+positions per chunk, rank sharding of the shuffled stream and resuming by position."""
 
 import json
 import shutil
@@ -10,10 +10,11 @@ import numpy as np
 import pytest
 import torch
 
+from ctlab.errors import UserError
 from ctlab.tokens.loader import PackedLoader, collate
 from ctlab.tokens.pack import pack
 from ctlab.tokens.packed import IGNORE_INDEX, PackedDataset, write_packing
-from ctlab.tokens.store import StoreError, TokenStore
+from ctlab.tokens.store import TokenStore
 from ctlab.tokens.tokenize import parse_sources, tokenize
 
 SEQ_LEN = 64
@@ -107,12 +108,13 @@ def test_sequences_hold_every_selected_document_exactly_once(packed, tokens_dir)
             "input_ids": (np.int64, (SEQ_LEN,)),
             "labels": (np.int64, (SEQ_LEN,)),
             "position_ids": (np.int64, (SEQ_LEN,)),
-            "seqlens": (np.int32, (len(item["seqlens"]),)),
         }
-        seqlens = item["seqlens"].tolist()
-        assert sum(seqlens) == SEQ_LEN and min(seqlens) >= 1
+        starts = np.flatnonzero(item["position_ids"] == 0).tolist()  # each chunk, then any padding
+        seqlens = np.diff([*starts, SEQ_LEN]).tolist()
+        assert starts[0] == 0 and min(seqlens) >= 1
         real = len(dataset.packing.sequence(index))
         assert len(seqlens) in (real, real + 1)
+        assert seqlens[:real] == [length for _, length in dataset.packing.sequence(index)]
         at = 0
         for k, size in enumerate(seqlens):
             ids = item["input_ids"][at : at + size]
@@ -150,31 +152,44 @@ def test_changed_tokens_folder_is_refused(tokens_dir, tmp_path):
     manifest = json.loads((tokens / "tokens.json").read_text())
     manifest["seed"] = 1  # e.g. the mix chosen again
     (tokens / "tokens.json").write_text(json.dumps(manifest))
-    with pytest.raises(StoreError, match="pack it again"):
+    with pytest.raises(UserError, match="pack it again"):
         PackedDataset(tmp_path / "packed")
-    with pytest.raises(StoreError, match="not a packed folder"):
+    with pytest.raises(UserError, match="not a packed folder"):
         PackedDataset(tokens)
-    with pytest.raises(StoreError, match="not empty and not a packed folder"):
+    with pytest.raises(UserError, match="holds a ctlab tokenize run, not a pack run"):
         write_packing(str(tokens), str(tokens), SEQ_LEN)
+
+
+def test_a_packed_folder_is_not_repacked_with_other_settings(tokens_dir, tmp_path):
+    """Training resumes on what a packed folder holds: `data pack` never changes it under a run."""
+    out = tmp_path / "packed"
+    stats = write_packing(str(tokens_dir), str(out), SEQ_LEN)
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    for seq_len, strategy in ((SEQ_LEN // 2, "bfd"), (SEQ_LEN, "concat")):
+        with pytest.raises(UserError, match="holds a pack run with other settings"):
+            write_packing(str(tokens_dir), str(out), seq_len, strategy)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert write_packing(str(tokens_dir), str(out), SEQ_LEN) == stats  # the same packing again
+    (out / "notes.txt").write_text("mine")
+    with pytest.raises(UserError, match="seq_len: 64 -> 32"):
+        write_packing(str(tokens_dir), str(out), SEQ_LEN // 2)
+    not_ours = tmp_path / "mine"
+    not_ours.mkdir()
+    (not_ours / "pack.json").write_text("{}")
+    with pytest.raises(UserError, match="not empty and not a ctlab pack folder"):
+        write_packing(str(tokens_dir), str(not_ours), SEQ_LEN)
 
 
 # -- collate --------------------------------------------------------------------------------------------
 
 
-def test_collate_stacks_and_marks_segments(packed):
+def test_collate_stacks_the_samples(packed):
     samples = [packed[i] for i in (0, len(packed) // 2, len(packed) - 1)]
     batch = collate(samples)
-    for key in ("input_ids", "labels", "position_ids"):
+    assert sorted(batch) == ["input_ids", "labels", "position_ids"]
+    for key in batch:
         assert batch[key].dtype == torch.int64 and batch[key].shape == (3, SEQ_LEN)
         assert np.array_equal(batch[key].numpy(), np.stack([s[key] for s in samples]))
-    lengths = np.concatenate([s["seqlens"] for s in samples])
-    cu = batch["cu_seqlens"]
-    assert cu.dtype == torch.int32
-    assert cu.tolist() == [0, *np.cumsum(lengths).tolist()] and cu[-1] == 3 * SEQ_LEN
-    assert batch["max_seqlen"] == int(lengths.max())
-    # every segment restarts the positions: cu_seqlens are where position_ids == 0 in the flat batch
-    flat_positions = batch["position_ids"].flatten()
-    assert torch.nonzero(flat_positions == 0).flatten().tolist() == cu[:-1].tolist()
 
 
 # -- PackedLoader ----------------------------------------------------------------------------------------
@@ -269,11 +284,11 @@ def test_seed_decides_the_order(packed):
 def test_state_of_another_run_is_refused(packed):
     loader = PackedLoader(packed, 4, seed=0, world_size=2)
     state = loader.state_dict()
-    with pytest.raises(ValueError, match="seed"):
+    with pytest.raises(UserError, match="seed 0, not 1"):
         PackedLoader(packed, 4, seed=1, world_size=2).load_state_dict(state)
-    with pytest.raises(ValueError, match="global batch"):
+    with pytest.raises(UserError, match="took 8 sequences per step .* not 12"):
         PackedLoader(packed, 4, seed=0, world_size=3).load_state_dict(state)
-    with pytest.raises(ValueError, match="global batch"):
+    with pytest.raises(UserError, match="took 8 sequences per step .* not 4"):
         PackedLoader(packed, 2, seed=0, world_size=2).load_state_dict(state)
 
 

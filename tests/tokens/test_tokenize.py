@@ -13,7 +13,8 @@ from hypothesis import strategies as st
 from tokenizers import Tokenizer
 
 from ctlab.cli import main
-from ctlab.tokens.tokenize import TokenizeError, choose_mix, parse_sources, tokenize
+from ctlab.errors import UserError
+from ctlab.tokens.tokenize import choose_mix, parse_sources, tokenize
 
 FAST = {
     "deadline": None,
@@ -190,12 +191,12 @@ def test_rerun_with_other_inputs_or_tokenizer_is_refused(tokens, inputs, tokeniz
     out, _ = tokens
     copy = copy_of(out, tmp_path)
     expected = folder_bytes(copy)
-    with pytest.raises(TokenizeError, match="other inputs or another tokenizer"):
+    with pytest.raises(UserError, match="holds a tokenize run with other settings"):
         tokenize(parse_sources(inputs["specs"][:3], None), str(tokenizer_dir), str(copy), progress=False)
     other_tokenizer = Path(shutil.copytree(tokenizer_dir, tmp_path / "other-tokenizer"))
     with open(other_tokenizer / "tokenizer.json", "a") as f:
         f.write("\n")  # same tokenizer, other file: another sha256
-    with pytest.raises(TokenizeError, match="other inputs or another tokenizer"):
+    with pytest.raises(UserError, match="holds a tokenize run with other settings"):
         tokenize(parse_sources(inputs["specs"], None), str(other_tokenizer), str(copy), progress=False)
     assert folder_bytes(copy) == expected
 
@@ -204,7 +205,7 @@ def test_a_non_empty_unrelated_folder_is_refused(inputs, tokenizer_dir, tmp_path
     unrelated = tmp_path / "unrelated"
     unrelated.mkdir()
     (unrelated / "notes.txt").write_text("keep me")
-    with pytest.raises(TokenizeError, match="not empty and not a tokens folder"):
+    with pytest.raises(UserError, match="not empty and not a ctlab tokenize folder"):
         tokenize(parse_sources(inputs["specs"], None), str(tokenizer_dir), str(unrelated), progress=False)
     assert (unrelated / "notes.txt").read_text() == "keep me"
     assert not (unrelated / "run.json").exists() and not (unrelated / "tokens.json").exists()
@@ -214,15 +215,15 @@ def test_a_refused_folder_is_left_as_it_was(inputs, tokenizer_dir, tmp_path):
     unrelated = tmp_path / "unrelated"
     unrelated.mkdir()
     (unrelated / "notes.txt").write_text("keep me")
-    with pytest.raises(TokenizeError):
+    with pytest.raises(UserError):
         tokenize(parse_sources(inputs["specs"], None), str(tokenizer_dir), str(unrelated), progress=False)
     assert [p.name for p in unrelated.iterdir()] == ["notes.txt"]
 
 
 def test_missing_tokenizer_is_refused(inputs, tmp_path):
-    with pytest.raises(TokenizeError, match="no tokenizer.json"):
+    with pytest.raises(UserError, match="no tokenizer.json"):
         tokenize(parse_sources(inputs["specs"], None), str(tmp_path / "nothing"), str(tmp_path / "out"))
-    with pytest.raises(TokenizeError, match="workers"):
+    with pytest.raises(UserError, match="workers"):
         tokenize(parse_sources(inputs["specs"], None), str(tmp_path / "nothing"), str(tmp_path / "out"), workers=0)
 
 
@@ -341,7 +342,7 @@ def test_choose_mix_properties(sources, seed):
     ],
 )
 def test_bad_mix_is_refused(inputs, mix, message):
-    with pytest.raises(TokenizeError, match=message):
+    with pytest.raises(UserError, match=message):
         parse_sources(inputs["specs"], mix)
 
 
@@ -358,12 +359,12 @@ def test_parse_sources(inputs, tmp_path):
     # a folder stands for its files; a bare path is the source "corpus"
     (folder,) = parse_sources([str(root / "zh")], None)
     assert (folder.name, folder.weight, folder.files) == ("corpus", None, zh.files)
-    with pytest.raises(TokenizeError, match="input not found"):
+    with pytest.raises(UserError, match="input not found"):
         parse_sources([f"zh={root / 'missing.jsonl'}"], None)
     (tmp_path / "empty").mkdir()
-    with pytest.raises(TokenizeError, match="no input files"):
+    with pytest.raises(UserError, match="no input files"):
         parse_sources([f"zh={tmp_path / 'empty'}"], None)
-    with pytest.raises(TokenizeError, match="input not found: z h="):  # not a NAME=: the whole spec is a path
+    with pytest.raises(UserError, match="input not found: z h="):  # not a NAME=: the whole spec is a path
         parse_sources([f"z h={root / 'en.jsonl'}"], None)
 
 
@@ -378,7 +379,7 @@ def test_a_clean_output_folder_is_a_source(tmp_path, tokenizer_dir, tokenizer, z
     run = tmp_path / "clean-run"
     (run / "clean").mkdir(parents=True)
     (run / "rejects").mkdir()
-    (run / "run.json").write_text("{}")
+    (run / "run.json").write_text('{"kind": "clean"}')
     (run / "stats.json").write_text("{}")
     records = [{"text": t, "id": f"doc-{i}", "metadata": {"url": f"http://x.cn/{i}"}} for i, t in enumerate(zh_docs)]
     for k, part in enumerate((records[:5], records[5:9])):
@@ -427,10 +428,23 @@ def test_cli_errors_are_one_line(inputs, tokenizer_dir, tmp_path, capsys):
         (["data", "tokenize", *specs, *tok, "--out", str(tmp_path / "b"), "--mix", "zh=1,en=1,web=1"], "--mix"),
         (["data", "tokenize", *specs, *tok, "--out", str(tmp_path / "c"), "--mix", "zh=1,en=0,code=1"], "positive"),
         (["data", "tokenize", f"zh={tmp_path / 'missing.jsonl'}", *tok, "--out", str(tmp_path / "d")], "not found"),
-        (["data", "tokenize", *specs, *tok, "--out", str(tmp_path / "e"), "--workers", "0"], "workers"),
         (["data", "pack", str(inputs["root"]), "--seq-len", "64", "--out", str(tmp_path / "f")], "not a tokens"),
         (["data", "pack", str(inputs["root"]), "--seq-len", "1", "--out", str(tmp_path / "g")], "--seq-len"),
     ]
     for argv, message in cases:
         assert main(argv) == 2, argv
         assert message in one_line_error(capsys)
+    bad = tmp_path / "bad-tokenizer"
+    bad.mkdir()
+    (bad / "tokenizer.json").write_text("{not json")
+    assert main(["data", "tokenize", *specs, "--tokenizer", str(bad), "--out", str(tmp_path / "h")]) == 2
+    assert "is not a valid tokenizer" in one_line_error(capsys)
+    (bad / "tokenizer.json").write_text("")
+    assert main(["data", "tokenize", *specs, "--tokenizer", str(bad), "--out", str(tmp_path / "h")]) == 2
+    assert "is not a valid tokenizer" in one_line_error(capsys)
+    assert not (tmp_path / "h").exists()
+    with pytest.raises(SystemExit) as refused:  # refused by the argument parser, before any work
+        main(["data", "tokenize", *specs, *tok, "--out", str(tmp_path / "e"), "--workers", "0"])
+    assert refused.value.code == 2
+    assert "argument --workers: must be at least 1, not 0" in capsys.readouterr().err
+    assert not (tmp_path / "e").exists()

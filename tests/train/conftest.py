@@ -85,3 +85,14 @@ def unigram_entropy(packed_train) -> float:
     entropy = float(-(p * np.log(p)).sum())
     assert 0 < entropy < math.log(600)
     return entropy
+
+
+@pytest.fixture(scope="session")
+def packed_other_tokenizer(train_root, inews) -> str:
+    """Inews articles packed with another tokenizer (vocabulary 400): data a 600-token model must refuse."""
+    from ctlab.tokenizer.train import save_tokenizer, train_tokenizer
+
+    texts = [f"{t}\n{x}" for t, x in inews[400:460]]
+    tokenizer = train_root / "other-tokenizer"
+    save_tokenizer(train_tokenizer(texts, 400, progress=False), str(tokenizer))
+    return _packed(train_root, "other", texts, tokenizer)

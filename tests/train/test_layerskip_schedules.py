@@ -8,7 +8,7 @@ import torch
 
 from ctlab.model.config import ModelConfig
 from ctlab.model.decoder import Decoder
-from ctlab.train.config import LayerSkipConfig, TrainConfig
+from ctlab.train.config import LayerSkipConfig, PretrainConfig
 from ctlab.train.layerskip import curriculum, dropout_rates, exit_weights, sample_skips
 from ctlab.train.pretrain import model_loss, token_losses
 
@@ -103,7 +103,7 @@ def _tiny_batch():
 
 def test_early_exit_loss_is_the_weighted_sum_of_the_exits():
     model, batch = _tiny_batch()
-    config = TrainConfig(data="x", out="y", steps=10, layerskip={"early_exit": "rotational", "rotation": 2})
+    config = PretrainConfig(data="x", out="y", steps=10, layerskip={"early_exit": "rotational", "rotation": 2})
     loss, last, out = model_loss(model, batch, config, step=1)  # step 1: layers 1 and 2 (the last)
     exits = [token_losses(model.exit_logits(h), batch["labels"]) for h in out.hidden_states[1:]]
     assert torch.allclose(last, exits[-1])
@@ -111,6 +111,6 @@ def test_early_exit_loss_is_the_weighted_sum_of_the_exits():
     assert weights == pytest.approx([0.0, 1 / 4, 3 / 4])  # e = 0, 1, 2 + 1 = 3
     assert torch.allclose(loss, weights[1] * exits[1] + weights[2] * exits[2])
     # e_scale = 0: the early-exit loss is the plain loss
-    zero = TrainConfig(data="x", out="y", steps=10, layerskip={"early_exit": "rotational", "e_scale": 0})
-    plain = TrainConfig(data="x", out="y", steps=10)
+    zero = PretrainConfig(data="x", out="y", steps=10, layerskip={"early_exit": "rotational", "e_scale": 0})
+    plain = PretrainConfig(data="x", out="y", steps=10)
     assert torch.equal(model_loss(model, batch, zero, 1)[0], model_loss(model, batch, plain, 1)[0])

@@ -8,55 +8,36 @@ import json
 import math
 import os
 import shutil
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 import yaml
+from interrupt import kill_during_save
 from safetensors.torch import load_file
 
-from ctlab.atomic import write_json
 from ctlab.cli import main
+from ctlab.config import ConfigError, to_dict
+from ctlab.runs import checkpoint_dir, checkpoints, write_json
 from ctlab.tokens.loader import PackedLoader
 from ctlab.tokens.packed import PackedDataset
-from ctlab.train import pretrain as pretrain_module
-from ctlab.train.checkpoint import checkpoint_dir, completed_checkpoints
-from ctlab.train.config import TrainConfig
-from ctlab.train.pretrain import BatchSource, Distributed, learning_rate, pretrain
+from ctlab.train import loop as loop_module
+from ctlab.train.config import PretrainConfig
+from ctlab.train.distributed import Distributed
+from ctlab.train.loop import learning_rate
+from ctlab.train.pretrain import PackedBatches, pretrain
 
 TINY_MODEL = {"num_layers": 2, "hidden_size": 64, "num_heads": 4, "num_kv_heads": 2, "intermediate_size": 128}
 STEP_KEYS = ("loss", "lr", "grad_norm", "tokens")
-SAVE_PAUSE_HOOK = '''
-"""Test hook: pause inside the checkpoint save of step $CTLAB_TEST_PAUSE_STEP, after the model
-files are written to the staging folder and before it is renamed, so the test kills it there."""
-import os
-import time
-
-if os.environ.get("CTLAB_TEST_PAUSE_STEP"):
-    import ctlab.train.checkpoint as checkpoint
-
-    original = checkpoint.save_pretrained
-    staging = ".tmp-step-%08d" % int(os.environ["CTLAB_TEST_PAUSE_STEP"])
-
-    def paused(model, out_dir, *rest):
-        original(model, out_dir, *rest)
-        if os.path.basename(str(out_dir)) == staging:
-            open(os.environ["CTLAB_TEST_PAUSED"], "w").close()
-            time.sleep(600)
-
-    checkpoint.save_pretrained = paused
-'''
 
 
 # -- helpers ------------------------------------------------------------------------------------------
 
 
-def make_config(data: str, out: Path, **changes) -> TrainConfig:
+def make_config(data: str, out: Path, **changes) -> PretrainConfig:
     fields = {
         "data": data,
         "out": str(out),
@@ -74,11 +55,11 @@ def make_config(data: str, out: Path, **changes) -> TrainConfig:
         "device": "cpu",
     }
     fields.update(changes)
-    return TrainConfig(**fields)
+    return PretrainConfig(**fields)
 
 
-def write_config(config: TrainConfig, path: Path) -> Path:
-    path.write_text(yaml.safe_dump(config.to_dict()))
+def write_config(config: PretrainConfig, path: Path) -> Path:
+    path.write_text(yaml.safe_dump(to_dict(config)))
     return path
 
 
@@ -96,7 +77,7 @@ def eval_records(run: str | Path) -> dict[int, dict]:
 
 
 def final_weights(run: str | Path) -> dict[str, torch.Tensor]:
-    return load_file(completed_checkpoints(run)[-1][1] / "model.safetensors")
+    return load_file(checkpoints(run)[-1][1] / "model.safetensors")
 
 
 def assert_steps_close(a: dict[int, dict], b: dict[int, dict], tolerance: float = 1e-5) -> None:
@@ -112,7 +93,7 @@ def assert_weights_close(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor],
         torch.testing.assert_close(a[name], b[name], rtol=tolerance, atol=tolerance, msg=name)
 
 
-def train(config: TrainConfig) -> dict:
+def train(config: PretrainConfig) -> dict:
     return pretrain(config, progress=False)
 
 
@@ -136,7 +117,7 @@ class Stop(Exception):
 
 
 @pytest.fixture(scope="module")
-def run_a(tmp_path_factory, packed_train, packed_heldout, packed_english) -> TrainConfig:
+def run_a(tmp_path_factory, packed_train, packed_heldout, packed_english) -> PretrainConfig:
     """8 steps, a checkpoint every 2, held-out evaluation (zh, en) every 4, run to completion in-process."""
     eval_data = {"zh": packed_heldout, "en": packed_english}
     config = make_config(packed_train, tmp_path_factory.mktemp("run-a") / "run", eval_data=eval_data)
@@ -144,7 +125,7 @@ def run_a(tmp_path_factory, packed_train, packed_heldout, packed_english) -> Tra
     return config
 
 
-def clone_config(config: TrainConfig, out: Path) -> TrainConfig:
+def clone_config(config: PretrainConfig, out: Path) -> PretrainConfig:
     return dataclasses.replace(config, out=str(out), model=dict(config.model), eval_data=dict(config.eval_data))
 
 
@@ -168,7 +149,7 @@ def trainer_state(run: str | Path, step: int) -> dict:
 
 def resume_from_step_2(config_file: Path, run: str, flags: tuple[str, ...]) -> None:
     """Delete the step-4 checkpoint of a finished 4-step run and rerun it under torchrun with ``flags``."""
-    assert [step for step, _ in completed_checkpoints(run)] == [2, 4]
+    assert [step for step, _ in checkpoints(run)] == [2, 4]
     shutil.rmtree(checkpoint_dir(run, 4))
     result = run_cli(config_file, torchrun=True, flags=flags)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -188,7 +169,7 @@ def test_data_parallel_two_processes_equal_one_process(tmp_path, packed_train):
     assert_steps_close(step_records(parallel.out), step_records(single.out))
     assert_weights_close(final_weights(parallel.out), final_weights(single.out))
     state = trainer_state(parallel.out, 4)
-    assert state["data"]["main"] == 4 * 4  # the stream advanced by the global batch each step
+    assert state["data"]["main"]["position"] == 4 * 4  # the stream advanced by the global batch each step
     assert (state["processes"], state["parallel"]) == (2, "ddp")
 
     resume_from_step_2(config_file, parallel.out, ("--parallel", "fsdp"))
@@ -235,11 +216,11 @@ def test_fsdp_two_processes_equal_one_process_and_resume(tmp_path, packed_train)
 
 
 def test_run_a_keeps_only_the_last_checkpoint(run_a):
-    assert [step for step, _ in completed_checkpoints(run_a.out)] == [8]
+    assert [step for step, _ in checkpoints(run_a.out)] == [8]
     assert not list((Path(run_a.out) / "checkpoints").glob(".tmp-*"))
     state = json.loads((Path(run_a.out) / "checkpoints" / "step-00000008" / "trainer_state.json").read_text())
     assert state["step"] == 8 and state["tokens_seen"] == 8 * 4 * 64
-    assert state["data"] == {"main": 8 * 4, "replay": None, "global_batch_size": 4}
+    assert state["data"] == {"main": {"position": 8 * 4, "seed": 0, "global_batch_size": 4}, "replay": None}
 
 
 def test_resume_after_sigkill_during_a_save_equals_an_uninterrupted_run(tmp_path, run_a):
@@ -247,44 +228,19 @@ def test_resume_after_sigkill_during_a_save_equals_an_uninterrupted_run(tmp_path
     checkpoint is complete; the same command then finishes it exactly as run A went."""
     config_b = clone_config(run_a, tmp_path / "run-b")
     config_file = write_config(config_b, tmp_path / "b.yaml")
-    hooks = tmp_path / "hooks"
-    hooks.mkdir()
-    (hooks / "sitecustomize.py").write_text(SAVE_PAUSE_HOOK)
-    paused = tmp_path / "paused"
-    env = {
-        **os.environ,
-        "OMP_NUM_THREADS": "1",
-        "PYTHONPATH": os.pathsep.join([str(hooks), os.environ.get("PYTHONPATH", "")]),
-        "CTLAB_TEST_PAUSE_STEP": "6",
-        "CTLAB_TEST_PAUSED": str(paused),
-    }
     command = [sys.executable, "-m", "ctlab.cli", "train", "pretrain", "--config", str(config_file), "--no-progress"]
-    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        deadline = time.monotonic() + 240  # a safety net, not a timing assertion
-        while not paused.exists():
-            assert process.poll() is None, process.communicate()[1][-3000:]
-            assert time.monotonic() < deadline, "run B never reached the save of step 6"
-            time.sleep(0.02)
-        checkpoints = Path(config_b.out) / "checkpoints"
-        assert (checkpoints / "step-00000004" / "trainer_state.json").is_file()
-        process.send_signal(signal.SIGKILL)
-        process.wait(timeout=60)
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
-    assert process.returncode == -signal.SIGKILL
-    staging = checkpoints / ".tmp-step-00000006"
+    kill_during_save(command, tmp_path, step=6)
+    checkpoint_folder = Path(config_b.out) / "checkpoints"
+    staging = checkpoint_folder / ".tmp-step-00000006"
     assert (staging / "model.safetensors").is_file() and not (staging / "trainer_state.json").exists()
-    assert [step for step, _ in completed_checkpoints(config_b.out)] == [4]
+    assert [step for step, _ in checkpoints(config_b.out)] == [4]
     killed_steps = step_records(config_b.out)
     assert max(killed_steps) == 6  # steps 5 and 6 were done, and will be done again
 
     result = run_cli(config_file)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "step 8: loss" in result.stdout
-    assert [step for step, _ in completed_checkpoints(config_b.out)] == [8]
+    assert [step for step, _ in checkpoints(config_b.out)] == [8]
     assert not staging.exists()
     a, b = step_records(run_a.out), step_records(config_b.out)
     assert_steps_close({s: a[s] for s in (5, 6, 7, 8)}, {s: b[s] for s in (5, 6, 7, 8)}, 1e-6)
@@ -294,8 +250,8 @@ def test_resume_after_sigkill_during_a_save_equals_an_uninterrupted_run(tmp_path
     for name in eval_a[8]:
         assert eval_b[8][name] == pytest.approx(eval_a[8][name], rel=1e-6)
     assert_weights_close(final_weights(run_a.out), final_weights(config_b.out), 1e-6)
-    state_a = json.loads((completed_checkpoints(run_a.out)[-1][1] / "trainer_state.json").read_text())
-    state_b = json.loads((completed_checkpoints(config_b.out)[-1][1] / "trainer_state.json").read_text())
+    state_a = json.loads((checkpoints(run_a.out)[-1][1] / "trainer_state.json").read_text())
+    state_b = json.loads((checkpoints(config_b.out)[-1][1] / "trainer_state.json").read_text())
     assert state_a == state_b
 
 
@@ -303,7 +259,7 @@ def test_a_leftover_staging_folder_is_ignored(tmp_path, run_a, monkeypatch):
     """A run stopped after step 4's checkpoint, with a half-written `.tmp-step-00000006` beside it
     (a kill during the next save), resumes from step 4 and ends as run A."""
     config = clone_config(run_a, tmp_path / "run")
-    original = pretrain_module.save_checkpoint
+    original = loop_module.save_checkpoint
 
     def save_then_stop(run, step, *args, **kwargs):
         path = original(run, step, *args, **kwargs)
@@ -311,15 +267,15 @@ def test_a_leftover_staging_folder_is_ignored(tmp_path, run_a, monkeypatch):
             raise Stop
         return path
 
-    monkeypatch.setattr(pretrain_module, "save_checkpoint", save_then_stop)
+    monkeypatch.setattr(loop_module, "save_checkpoint", save_then_stop)
     with pytest.raises(Stop):
         train(config)
-    monkeypatch.setattr(pretrain_module, "save_checkpoint", original)
+    monkeypatch.setattr(loop_module, "save_checkpoint", original)
     staging = Path(config.out) / "checkpoints" / ".tmp-step-00000006"
     staging.mkdir()
     (staging / "model.safetensors").write_bytes(b"\x00" * 10)  # truncated
     (staging / "trainer_state.json").write_text('{"step": 6')
-    assert [step for step, _ in completed_checkpoints(config.out)] == [4]
+    assert [step for step, _ in checkpoints(config.out)] == [4]
 
     final = train(config)
     assert final["step"] == 8
@@ -343,14 +299,12 @@ def test_a_run_resumes_with_other_runtime_settings_but_not_other_training(tmp_pa
     train(config)
     config_file = str(write_config(config, tmp_path / "c.yaml"))
     base = ["train", "pretrain", "--config", config_file, "--no-progress"]
-    # how it runs may change; a config.json written before a runtime field existed still matches
-    saved = json.loads((Path(config.out) / "config.json").read_text())
-    write_json(Path(config.out) / "config.json", {k: v for k, v in saved.items() if k != "parallel"})
+    # how it runs may change
     assert main([*base, "--device", "cpu", "--parallel", "fsdp", "--set", "compile=true"]) == 0
     assert "step 2" in capsys.readouterr().out
     # what it computes may not
-    assert_usage_error(capsys, [*base, "--lr", "0.5"], "another config")
-    assert_usage_error(capsys, [*base, "--set", "model.num_layers=3"], "another config")
+    assert_usage_error(capsys, [*base, "--lr", "0.5"], "other settings (lr: 0.003 -> 0.5)")
+    assert_usage_error(capsys, [*base, "--set", "model.num_layers=3"], "other settings (model.num_layers: 2 -> 3)")
 
 
 # -- LayerSkip ----------------------------------------------------------------------------------------
@@ -415,11 +369,13 @@ def test_layer_dropout_and_early_exit_change_training(tmp_path, packed_train):
 
 
 def test_continual_pretraining_from_a_checkpoint_with_replay(tmp_path, capsys, run_a, packed_english, packed_train):
-    start = completed_checkpoints(run_a.out)[-1][1]
+    start = checkpoints(run_a.out)[-1][1]
     config = make_config(
         packed_english,
         tmp_path / "continual",
         init_from=str(start),
+        preset=None,
+        model={},
         replay_data=packed_train,
         replay_ratio=0.25,
         steps=6,
@@ -437,8 +393,9 @@ def test_continual_pretraining_from_a_checkpoint_with_replay(tmp_path, capsys, r
     summary = capsys.readouterr().out
     assert f"zh ppl {evals[0]['zh']['ppl']:.2f} at step 0 -> {evals[6]['zh']['ppl']:.2f}" in summary
     # each micro-batch of 4 rows holds 3 rows of the new data and 1 of the replayed data
-    state = json.loads((completed_checkpoints(config.out)[-1][1] / "trainer_state.json").read_text())
-    assert state["data"] == {"main": 6 * 3, "replay": 6 * 1, "global_batch_size": 3}
+    state = json.loads((checkpoints(config.out)[-1][1] / "trainer_state.json").read_text())
+    main_rows, replay_rows = {"seed": 0, "global_batch_size": 3}, {"seed": 0, "global_batch_size": 1}
+    assert state["data"] == {"main": {"position": 6 * 3, **main_rows}, "replay": {"position": 6 * 1, **replay_rows}}
     # the learning rate re-warms from zero and re-decays over the new run
     steps = step_records(config.out)
     assert steps[1]["lr"] == pytest.approx(config.lr / config.warmup_steps)
@@ -449,7 +406,7 @@ def test_continual_pretraining_from_a_checkpoint_with_replay(tmp_path, capsys, r
 
 def test_batch_source_draws_the_replay_rows(tmp_path, packed_english, packed_train):
     config = make_config(packed_english, tmp_path / "x", replay_data=packed_train, replay_ratio=0.25)
-    source = BatchSource(config, Distributed())
+    source = PackedBatches(config, Distributed())
     main_loader = PackedLoader(packed_english, 3, config.seed)
     replay_loader = PackedLoader(packed_train, 1, config.seed)
     main_data, replay_data = PackedDataset(packed_english), PackedDataset(packed_train)
@@ -459,7 +416,7 @@ def test_batch_source_draws_the_replay_rows(tmp_path, packed_english, packed_tra
         expected += [replay_data[i]["input_ids"] for i in replay_loader.next_indices()]
         assert batch["input_ids"].shape == (4, 64)
         assert torch.equal(batch["input_ids"], torch.from_numpy(np.stack(expected)))
-    assert source.state() == {"main": 9, "replay": 3, "global_batch_size": 3}
+    assert source.state()["main"]["position"] == 9 and source.state()["replay"]["position"] == 3
 
 
 # -- MoE and MH-MoE -----------------------------------------------------------------------------------
@@ -513,16 +470,16 @@ def test_checkpoints_load_in_transformers_with_equal_logits(run_a, train_tokeniz
     from tokenizers import Tokenizer
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from ctlab.model.hf import load_pretrained
+    from ctlab.model.hf import load_model
 
-    folder = completed_checkpoints(run_a.out)[-1][1]
+    folder = checkpoints(run_a.out)[-1][1]
     text = "新华社北京电 国务院总理今天在人民大会堂会见了来访的外国客人。"
     hf_tokenizer = AutoTokenizer.from_pretrained(folder)
     ids = hf_tokenizer(text, add_special_tokens=False)["input_ids"]
     ours_tokenizer = Tokenizer.from_file(str(train_tokenizer / "tokenizer.json"))
     assert ids == ours_tokenizer.encode(text, add_special_tokens=False).ids
     hf_model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
-    ours = load_pretrained(folder).eval()
+    ours = load_model(folder).eval()
     input_ids = torch.tensor([ids])
     with torch.no_grad():
         expected = ours(input_ids).logits
@@ -558,10 +515,12 @@ def test_config_errors_exit_2_with_one_line(tmp_path, capsys, packed_train):
     # a run folder holding another config is left untouched
     other = tmp_path / "other"
     other.mkdir()
-    write_json(other / "config.json", make_config(packed_train, other, steps=99).to_dict())
-    before = (other / "config.json").read_text()
-    assert_usage_error(capsys, [*base, "--data", packed_train, "--out", str(other), "--steps", "3"], "another config")
-    assert (other / "config.json").read_text() == before and len(list(other.iterdir())) == 1
+    write_json(other / "run.json", {"kind": "pretrain", "identity": {"steps": 99}})
+    (other / "metrics.jsonl").write_text('{"step": 1, "loss": 5.0}\n')
+    before = {p.name: p.read_bytes() for p in other.iterdir()}
+    argv = [*base, "--data", packed_train, "--out", str(other), "--steps", "3"]
+    assert_usage_error(capsys, argv, "holds a pretrain run with other settings")
+    assert {p.name: p.read_bytes() for p in other.iterdir()} == before
     # a non-empty folder that is not a run
     stranger = tmp_path / "stranger"
     stranger.mkdir()
@@ -595,21 +554,21 @@ def test_an_unknown_model_field_is_a_usage_error(tmp_path, capsys, packed_train)
 def test_load_refuses_unknown_fields(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text("data: x\nout: y\nsteps: 3\nlearning_rate: 0.1\n")
-    with pytest.raises(ValueError, match="learning_rate"):
-        TrainConfig.load(path)
+    with pytest.raises(ConfigError, match="^training config: unknown field 'learning_rate'$"):
+        PretrainConfig.load(path)
     path.write_text("- a list\n")
-    with pytest.raises(ValueError):
-        TrainConfig.load(path)
+    with pytest.raises(ConfigError, match="a training config is a mapping of fields, not list"):
+        PretrainConfig.load(path)
     path.write_text("data: x\nsteps: 7\nlayerskip: {p_max: 0.2}\n")
-    config = TrainConfig.load(path)
+    config = PretrainConfig.load(path)
     assert config.steps == 7 and config.layerskip.p_max == 0.2
 
 
 def test_load_refuses_unknown_layerskip_fields(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text("data: x\nout: y\nlayerskip: {bogus: 1}\n")
-    with pytest.raises(ValueError, match="bogus"):
-        TrainConfig.load(path)
+    with pytest.raises(ConfigError, match="^training config: layerskip: unknown field 'bogus'$"):
+        PretrainConfig.load(path)
 
 
 # -- metrics and the loss curve -----------------------------------------------------------------------
@@ -618,7 +577,9 @@ def test_load_refuses_unknown_layerskip_fields(tmp_path):
 def test_metrics_and_loss_curve(run_a):
     run = Path(run_a.out)
     assert (run / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert json.loads((run / "config.json").read_text()) == run_a.to_dict()
+    saved = json.loads((run / "run.json").read_text())
+    assert saved["kind"] == "pretrain" and saved["config"]["steps"] == 8
+    assert saved["config"]["data"] == str(Path(run_a.data).resolve())
     steps = step_records(run)
     assert sorted(steps) == list(range(1, 9))
     for step, record in steps.items():

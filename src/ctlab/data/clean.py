@@ -2,7 +2,7 @@
 
 A run is a chain of datatrove executors over one output directory::
 
-    DIR/run.json          the resolved recipe and inputs (a rerun must match it)
+    DIR/run.json          the resolved recipe and inputs (a rerun must match them)
     DIR/clean/            clean documents, JSONL.gz: text, id, metadata (source, url, ...)
     DIR/rejects/<stage>/  every dropped document with its stage and reason
     DIR/stats.json        written last: input/output docs, bad records, per-stage retention
@@ -24,10 +24,8 @@ import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from datatrove.executor.local import LocalPipelineExecutor
-from datatrove.io import get_datafolder
 from datatrove.pipeline.base import PipelineStep
 from datatrove.pipeline.dedup.minhash import MinhashDedupBuckets
 from datatrove.utils.logging import logger
@@ -42,17 +40,11 @@ from ctlab.data.normalize import MaskPII, Normalize
 from ctlab.data.readers import CorpusReader, expand_inputs
 from ctlab.data.recipes import Recipe
 from ctlab.data.steps import AtomicJsonlWriter, CleanWriter, RejectsWriter
+from ctlab.errors import UserError
 from ctlab.report.tables import text_table
+from ctlab.runs import RUN_FILE, claim, write_json
 
 EXECUTORS = ("local", "slurm", "ray")
-
-
-class RunError(ValueError):
-    """A user mistake found before a run starts: bad inputs, options or output directory."""
-
-
-class RunConflict(RunError):
-    """The output directory holds a run with other inputs or settings."""
 
 
 @dataclass
@@ -150,7 +142,7 @@ def make_executors(phases, out: str, options: ExecutorOptions) -> list:
             from datatrove.executor.slurm import SlurmPipelineExecutor
 
             if not options.slurm_partition:
-                raise ValueError("--executor slurm needs --slurm-partition")
+                raise UserError("--executor slurm needs --slurm-partition")
             executor = SlurmPipelineExecutor(
                 **common,
                 time=options.slurm_time,
@@ -162,41 +154,13 @@ def make_executors(phases, out: str, options: ExecutorOptions) -> list:
             try:
                 import ray  # noqa: F401
                 from datatrove.executor.ray import RayPipelineExecutor
-            except ImportError as err:
-                raise ValueError("--executor ray needs ray: pip install 'ray[default]'") from err
+            except ImportError:
+                raise UserError("--executor ray needs ray: pip install 'ray[default]'") from None
             executor = RayPipelineExecutor(**common, workers=options.workers, depends=previous)
         else:
-            raise ValueError(f"unknown executor {options.kind!r} (choose from {', '.join(EXECUTORS)})")
+            raise UserError(f"unknown executor {options.kind!r} (choose from {', '.join(EXECUTORS)})")
         executors.append(executor)
     return executors
-
-
-def _atomic_write_json(path: str, data: Any) -> None:
-    folder = get_datafolder(os.path.dirname(path) or ".")
-    name = os.path.basename(path)
-    with folder.open(f".tmp.{name}", "wt") as f:
-        json.dump(data, f, ensure_ascii=False, indent=2)
-    folder.mv(f".tmp.{name}", name)
-
-
-def check_run_config(out: str, config: dict) -> None:
-    """Write ``DIR/run.json``, or check that an earlier run in DIR had the same config."""
-    path = Path(out) / "run.json"
-    if path.exists():
-        try:
-            previous = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, ValueError) as err:
-            raise RunError(f"{path} is unreadable ({err}); use another --out or delete it") from err
-        if previous != json.loads(json.dumps(config)):
-            raise RunConflict(
-                f"{out} holds a run with other inputs or settings (see {path}); use another --out or delete it"
-            )
-        return
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        _atomic_write_json(str(path), config)
-    except OSError as err:
-        raise RunError(f"cannot write to {out}: {err.strerror or err}") from err
 
 
 @dataclass
@@ -225,16 +189,13 @@ def plan_clean(
     input_format: str | None = None,
     progress: bool = True,
 ) -> CleanRun:
-    """Check everything a user gives before any work starts; raises :class:`RunError`."""
+    """Check everything a user gives before any work starts; raises :class:`UserError`."""
     options = options or ExecutorOptions()
     if options.tasks < 1 or options.workers < 1:
-        raise RunError("--tasks and --workers must be at least 1")
-    try:
-        files = expand_inputs(inputs)
-    except FileNotFoundError as err:
-        raise RunError(f"input not found: {err.args[0]}") from err
+        raise UserError("--tasks and --workers must be at least 1")
+    files = expand_inputs(inputs)
     if not files:
-        raise RunError(f"no input files in {' '.join(inputs)}")
+        raise UserError(f"no input files in {' '.join(inputs)}")
     out = os.path.abspath(out)
     config = {
         # in order (tasks read files[rank::tasks]); sizes catch most inputs changed in place
@@ -244,11 +205,8 @@ def plan_clean(
         "recipe": recipe.to_dict(),
     }
     phases = build_phases(recipe, files, out, options.tasks, input_format, progress)
-    try:
-        executors = make_executors(phases, out, options)
-    except ValueError as err:  # an executor's options
-        raise RunError(str(err)) from err
-    check_run_config(out, config)  # last: a run refused above leaves no run.json behind
+    executors = make_executors(phases, out, options)
+    claim(out, "clean", config)  # last: a run refused above leaves no run.json behind
     return CleanRun(out, options.kind, executors)
 
 
@@ -333,8 +291,8 @@ class RunStats(PipelineStep):
         self.out = out
 
     def run(self, data=None, rank: int = 0, world_size: int = 1):
-        recipe = json.loads((Path(self.out) / "run.json").read_text(encoding="utf-8"))["recipe"]["name"]
-        _atomic_write_json(f"{self.out}/stats.json", collect_stats(self.out, recipe))
+        recipe = json.loads((Path(self.out) / RUN_FILE).read_text(encoding="utf-8"))["identity"]["recipe"]["name"]
+        write_json(Path(self.out) / "stats.json", collect_stats(self.out, recipe))
         return iter(())
 
 

@@ -30,7 +30,6 @@ import re
 import struct
 from array import array
 from collections.abc import Iterator
-from dataclasses import dataclass
 
 import numpy as np
 import orjson
@@ -40,23 +39,25 @@ from datatrove.io import get_datafolder
 from datatrove.pipeline.base import PipelineStep
 from datatrove.pipeline.dedup.minhash import MinhashConfig, MinhashDedupSignature
 from datatrove.utils.hashing import HashConfig
+from pydantic import NonNegativeInt, PositiveInt
 from rapidfuzz.distance import Levenshtein
 
+from ctlab.config import Fraction, config
 from ctlab.data.steps import CleaningStep
 from ctlab.data.textstats import codepoints, ngram_hashes, remember_last
 
 
-@dataclass
+@config
 class DedupConfig:
     exact: bool = True
     minhash: bool = True
-    ngram: int = 5  # characters per shingle
-    bands: int = 14
-    rows: int = 8
-    seed: int = 1
+    ngram: PositiveInt = 5  # characters per shingle
+    bands: PositiveInt = 14
+    rows: PositiveInt = 8
+    seed: NonNegativeInt = 1
     similar_lines: bool = True
-    max_edit_ratio: float = 0.1
-    short_line_chars: int = 15
+    max_edit_ratio: Fraction = 0.1
+    short_line_chars: NonNegativeInt = 15
 
     @property
     def across_documents(self) -> bool:

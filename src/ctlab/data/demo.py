@@ -31,6 +31,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ctlab.data.steps import read_output
+from ctlab.errors import UserError
+from ctlab.runs import atomic_write, claim
 
 JUNK_KINDS = (
     "exact_duplicate",
@@ -224,31 +226,39 @@ def page_html(page: WebPage) -> str:
     )
 
 
-def write_warc(pages: list[WebPage], path: str) -> None:
-    """A gzip WARC of HTTP responses, one per page (WARC-Record-ID = ``<urn:ctlab:PAGE_ID>``)."""
+def store(path: str | Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically, unless the file already holds exactly it (then it is
+    left as it is, modification time included: a rerun changes nothing downstream)."""
+    path = Path(path)
+    if path.is_file() and path.stat().st_size == len(data) and path.read_bytes() == data:
+        return
+    atomic_write(path, lambda f: f.write(data))
+
+
+def write_warc(pages: list[WebPage], path: str | Path) -> None:
+    """A gzip WARC of HTTP responses, one per page (WARC-Record-ID = ``<urn:ctlab:PAGE_ID>``);
+    the same pages give the same bytes (the records carry a fixed date)."""
     from warcio.statusandheaders import StatusAndHeaders
     from warcio.warcwriter import WARCWriter
 
-    with open(path, "wb") as f:
-        writer = WARCWriter(f, gzip=True)
-        for page in pages:
-            payload = page_html(page).encode("utf-8")
-            http = StatusAndHeaders("200 OK", [("Content-Type", "text/html; charset=utf-8")], protocol="HTTP/1.1")
-            record = writer.create_warc_record(
-                page.url,
-                "response",
-                payload=io.BytesIO(payload),
-                http_headers=http,
-                warc_headers_dict={"WARC-Record-ID": f"<urn:ctlab:{page.id}>"},
-            )
-            writer.write_record(record)
+    buffer = io.BytesIO()
+    writer = WARCWriter(buffer, gzip=True)
+    for page in pages:
+        payload = page_html(page).encode("utf-8")
+        http = StatusAndHeaders("200 OK", [("Content-Type", "text/html; charset=utf-8")], protocol="HTTP/1.1")
+        headers = {"WARC-Record-ID": f"<urn:ctlab:{page.id}>", "WARC-Date": "2019-02-01T00:00:00Z"}
+        record = writer.create_warc_record(
+            page.url, "response", payload=io.BytesIO(payload), http_headers=http, warc_headers_dict=headers
+        )
+        writer.write_record(record)
+    store(path, buffer.getvalue())
 
 
-def write_jsonl(records: list[dict], path: str) -> None:
-    opener = gzip.open if path.endswith(".gz") else open
-    with opener(path, "wt", encoding="utf-8") as f:
-        for record in records:
-            f.write(json.dumps(record, ensure_ascii=False) + "\n")
+def write_jsonl(records: list[dict], path: str | Path) -> None:
+    """JSONL, gzip-compressed for a ``.gz`` name (with no timestamp: the same records give the
+    same bytes), written with :func:`store`."""
+    lines = "".join(json.dumps(record, ensure_ascii=False) + "\n" for record in records).encode()
+    store(path, gzip.compress(lines, mtime=0) if str(path).endswith(".gz") else lines)
 
 
 def junk_manifest(pages: list[WebPage], id_format: str = "{}") -> dict[str, dict]:
@@ -282,8 +292,7 @@ def build_demo_input(folder: str, n_articles: int | None = 2000, junk_per_kind: 
         b'{"id": "binary", "text": "\\u0000\\u0001\\u0002 binary"}',
         b'["not", "an", "object"]',
     ]
-    with open(os.path.join(folder, "broken.jsonl"), "wb") as f:
-        f.write(b"\n".join(broken) + b"\n")
+    store(os.path.join(folder, "broken.jsonl"), b"\n".join(broken) + b"\n")
     return junk_manifest(pages, "<urn:ctlab:{}>")
 
 
@@ -292,6 +301,43 @@ def benchmark_records(seed: int = 0) -> tuple[list[dict], dict]:
     pages = list(web_pages(None, junk_per_kind=40, seed=seed))
     records = [{"id": p.id, "text": p.text, "url": p.url} for p in pages]
     return records, junk_manifest(pages)
+
+
+def check_articles(articles: int) -> None:
+    """Refuse more articles than the inews train and dev splits hold (the test split is held out)."""
+    trainable = len(inews_articles(("train", "dev")))
+    if not 1 <= articles <= trainable:
+        raise UserError(f"--articles must be between 1 and {trainable} (the inews test split is held out)")
+
+
+def write_builtin(out: str, articles: int = 2000) -> dict[str, str]:
+    """Write the built-in corpora into ``out`` (claimed as a run folder); returns path → what it holds.
+
+    ``crawl/`` is :func:`build_demo_input`'s (``articles`` inews train/dev articles with known
+    junk, People's Daily, broken records) and ``junk.json`` its junk manifest; ``en.jsonl.gz``
+    and ``code.jsonl.gz`` are English prose and Python code to mix in; ``heldout-zh.jsonl.gz``
+    (the inews test split) and ``heldout-en.jsonl.gz`` (the Python reference manual) are text
+    that none of the others contains.
+    """
+    check_articles(articles)
+    folder = claim(out, "builtin", {"articles": articles}).folder
+    crawl = folder / "crawl"
+    junk = build_demo_input(str(crawl), articles)
+    store(folder / "junk.json", json.dumps(junk, indent=1, ensure_ascii=False).encode() + b"\n")
+    corpora = {
+        "en.jsonl.gz": (english_documents(), "English prose: the installed packages' READMEs"),
+        "code.jsonl.gz": (code_documents(), "Python code: the standard library's top-level modules"),
+        "heldout-zh.jsonl.gz": (heldout_chinese(), "held-out Chinese: the inews test split, normalised"),
+        "heldout-en.jsonl.gz": (heldout_english(), "held-out English: the Python reference manual's topics"),
+    }
+    written = {
+        str(crawl): f"a web crawl: {articles} inews pages with known junk (WARC), People's Daily, broken records",
+        str(folder / "junk.json"): "the junk injected into the crawl, by document id",
+    }
+    for name, (texts, what) in corpora.items():
+        write_jsonl([{"text": text} for text in texts], folder / name)
+        written[str(folder / name)] = f"{what} ({len(texts):,} documents)"
+    return written
 
 
 def kept_ids(out: str) -> set[str]:

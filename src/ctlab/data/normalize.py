@@ -14,10 +14,10 @@ from __future__ import annotations
 
 import re
 import unicodedata
-from dataclasses import dataclass
 
 from datatrove.data import Document
 
+from ctlab.config import Fraction, config
 from ctlab.data.steps import CleaningStep
 
 # MAP-CC's 34-pair punctuation map (full-width → ASCII; 、《》【】…· stay). After NFKC only
@@ -33,11 +33,11 @@ LINK_RE = re.compile(rf"(?:https?://|ftp://|www\.)(?:[^{_URL_CHARS}]*[^{_URL_CHA
 BRACKETED_RE = re.compile(r"【(.*?)】")  # MAP-CC counts the text inside, on one line
 
 
-@dataclass
+@config
 class NormalizeConfig:
     enabled: bool = True
     nfkc: bool = True
-    max_bracket_ratio: float | None = 0.1  # None: rule off
+    max_bracket_ratio: Fraction | None = 0.1  # None: rule off
     punctuation_to_halfwidth: bool = True
     traditional_to_simplified: bool = False
     strip_links: bool = True
@@ -103,7 +103,7 @@ def valid_resident_id(number: str) -> bool:
     return _ID_CHECK[total % 11] == number[17].upper()
 
 
-@dataclass
+@config
 class PIIConfig:
     enabled: bool = True
     email: str | None = "<email>"  # replacement; None: leave this kind alone

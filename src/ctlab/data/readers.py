@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import gzip
 import io
+import logging
 import os
 import re
 import zlib
@@ -30,6 +31,9 @@ from datatrove.data import Document, DocumentsPipeline
 from datatrove.pipeline.readers.base import BaseReader
 from datatrove.pipeline.writers.disk_base import DiskWriter
 from tqdm import tqdm
+
+from ctlab.errors import UserError
+from ctlab.runs import run_kind
 
 FORMATS = ("warc", "jsonl", "parquet")
 _GZIP_MAGIC = b"\x1f\x8b"
@@ -50,7 +54,7 @@ def expand_inputs(paths: list[str]) -> list[str]:
     """Files named on the command line plus every non-hidden file under named folders (sorted),
     each once, in the order given.
 
-    Raises FileNotFoundError naming the first path that does not exist.
+    Raises :class:`UserError` naming the first path that does not exist.
     """
     files: list[str] = []
     for p in paths:
@@ -64,20 +68,20 @@ def expand_inputs(paths: list[str]) -> list[str]:
         elif path.is_file():
             files.append(str(path))
         else:
-            raise FileNotFoundError(p)
+            raise UserError(f"input not found: {p}")
     return list(dict.fromkeys(os.path.abspath(f) for f in files))
 
 
 def corpus_files(paths: list[str]) -> list[str]:
     """Like :func:`expand_inputs`, except that the folder of a ``ctlab data clean`` run stands for
     its clean documents only (``clean/*.jsonl.gz``), so later stages can be pointed at a run; an
-    unfinished run is refused (ValueError)."""
+    unfinished run is refused (:class:`UserError`)."""
     files: list[str] = []
     for p in paths:
         clean = Path(p, "clean")
-        if Path(p, "run.json").is_file() and clean.is_dir():
+        if run_kind(p) == "clean" and clean.is_dir():
             if not Path(p, "stats.json").is_file():
-                raise ValueError(f"{p} is a `ctlab data clean` run that has not finished (no stats.json)")
+                raise UserError(f"{p} is a `ctlab data clean` run that has not finished (no stats.json)")
             files.extend(str(f) for f in sorted(clean.glob("*.jsonl.gz")) if not f.name.startswith("."))
         else:
             files.extend(expand_inputs([p]))
@@ -264,15 +268,23 @@ class CorpusReader(BaseReader):
         import trafilatura
         from warcio.archiveiterator import ArchiveIterator
 
+        # what they would log (a record's line, an empty page) is counted as a bad record instead
+        for library in ("warcio", "trafilatura"):
+            logging.getLogger(library).setLevel(logging.CRITICAL)
+
         source = _EOFErrorAsOSError(stream)
         records = ArchiveIterator(source, arc2warc=True)
         complete = 0
         while True:
+            skipped = records.err_count
             try:
-                record = next(records, None)
+                with contextlib.redirect_stderr(io.StringIO()):  # warcio prints the lines it skips
+                    record = next(records, None)
             except AttributeError as err:  # warcio, on a header block cut before WARC-Target-URI
                 yield BadRecord("truncated_warc", path, f"record headers cut short ({err})")
                 return
+            if records.err_count > skipped:
+                yield BadRecord("truncated_warc", path, "data between records (a wrong Content-Length)")
             if record is None:
                 # warcio also ends quietly on a record whose headers are cut short: the line it
                 # read ahead of it, or data without any record, tell that from the end of the file

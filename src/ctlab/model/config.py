@@ -9,60 +9,66 @@ from transformers' config names.
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import field
+from typing import Literal
 
-from ctlab.fields import reject_unknown
+from pydantic import NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt, model_validator
 
-FFN_KINDS = ("dense", "moe", "mhmoe")
+from ctlab.config import ConfigError, config, overlay, parse
 
 
-@dataclass
+@config
 class ModelConfig:
-    vocab_size: int = 8000
-    hidden_size: int = 256
-    intermediate_size: int = 688  # dense SwiGLU width
-    num_layers: int = 4
-    num_heads: int = 4
-    num_kv_heads: int = 4  # < num_heads: grouped-query attention
-    head_dim: int | None = None  # default hidden_size // num_heads
-    max_position_embeddings: int = 2048
-    rope_theta: float = 10000.0
-    rms_norm_eps: float = 1e-5
+    vocab_size: PositiveInt = 8000
+    hidden_size: PositiveInt = 256
+    intermediate_size: PositiveInt = 688  # dense SwiGLU width
+    num_layers: PositiveInt = 4
+    num_heads: PositiveInt = 4
+    num_kv_heads: PositiveInt = 4  # < num_heads: grouped-query attention
+    head_dim: PositiveInt | None = None  # default hidden_size // num_heads
+    max_position_embeddings: PositiveInt = 2048  # the longest input the model takes
+    rope_theta: PositiveFloat = 10000.0
+    rms_norm_eps: PositiveFloat = 1e-5
     qkv_bias: bool = False  # Qwen2 has biases on q, k, v
     tie_embeddings: bool = False
-    init_std: float = 0.02
+    init_std: PositiveFloat = 0.02
     # feed-forward: dense, moe or mhmoe
-    ffn: str = "dense"
-    num_experts: int = 8
-    experts_per_token: int = 2
-    expert_intermediate_size: int = 344
+    ffn: Literal["dense", "moe", "mhmoe"] = "dense"
+    num_experts: PositiveInt = 8
+    experts_per_token: PositiveInt = 2
+    expert_intermediate_size: PositiveInt = 344
     norm_topk_prob: bool = True  # renormalise the top-k router weights (Mixtral); Qwen2-MoE: optional
-    shared_expert_intermediate_size: int = 0  # > 0: a shared expert gated by sigmoid (Qwen2-MoE)
-    decoder_sparse_step: int = 1  # layer i is sparse when (i + 1) % step == 0 ...
-    mlp_only_layers: list[int] = field(default_factory=list)  # ... and i is not listed here
-    router_aux_loss_coef: float = 0.001
-    mh_heads: int = 4  # MH-MoE: sub-tokens per token
+    shared_expert_intermediate_size: NonNegativeInt = 0  # > 0: a shared expert gated by sigmoid (Qwen2-MoE)
+    decoder_sparse_step: PositiveInt = 1  # layer i is sparse when (i + 1) % step == 0 ...
+    mlp_only_layers: list[NonNegativeInt] = field(default_factory=list)  # ... and i is not listed here
+    router_aux_loss_coef: NonNegativeFloat = 0.001
+    mh_heads: PositiveInt = 4  # MH-MoE: sub-tokens per token
     # special token ids (from the tokenizer)
-    bos_token_id: int | None = 0
-    eos_token_id: int | None = 1
-    pad_token_id: int | None = 2
+    bos_token_id: NonNegativeInt | None = 0
+    eos_token_id: NonNegativeInt | None = 1
+    pad_token_id: NonNegativeInt | None = 2
 
     def __post_init__(self) -> None:
         if self.head_dim is None:
-            self.head_dim = self.hidden_size // self.num_heads
+            self.head_dim = max(self.hidden_size // self.num_heads, 1)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ModelConfig:
         problems = []
-        if self.ffn not in FFN_KINDS:
-            problems.append(f"ffn must be one of {', '.join(FFN_KINDS)}, not {self.ffn!r}")
         if self.num_heads % self.num_kv_heads:
             problems.append("num_heads must be a multiple of num_kv_heads")
         if self.head_dim % 2:
             problems.append("head_dim must be even (rotary embedding)")
-        if self.ffn != "dense" and not 1 <= self.experts_per_token <= self.num_experts:
-            problems.append("experts_per_token must be between 1 and num_experts")
+        if self.ffn != "dense" and self.experts_per_token > self.num_experts:
+            problems.append("experts_per_token must be at most num_experts")
         if self.ffn == "mhmoe" and self.hidden_size % self.mh_heads:
             problems.append("hidden_size must be a multiple of mh_heads")
+        for name in ("bos_token_id", "eos_token_id", "pad_token_id"):
+            if (getattr(self, name) or 0) >= self.vocab_size:
+                problems.append(f"{name} must be below vocab_size ({self.vocab_size})")
         if problems:
             raise ValueError("; ".join(problems))
+        return self
 
     def is_sparse(self, layer: int) -> bool:
         """Whether layer ``layer`` (0-based) has a routed feed-forward (Qwen2-MoE's placement rule)."""
@@ -72,16 +78,16 @@ class ModelConfig:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict) -> ModelConfig:
-        reject_unknown(cls, data, "model config")
-        return cls(**data)
+    def from_dict(cls, data: dict, where: str = "model config") -> ModelConfig:
+        """A config from what a file holds (strictly validated: a :class:`ConfigError` otherwise)."""
+        return parse(cls, data, where)
 
     def replace(self, **changes) -> ModelConfig:
-        """A copy with ``changes``; a head_dim that was derived is derived again from the new shape."""
-        reject_unknown(ModelConfig, changes, "model config")
-        if "head_dim" not in changes and self.head_dim == self.hidden_size // self.num_heads:
+        """A copy with ``changes``, validated as a user's settings are (a :class:`ConfigError`
+        names the field); a head_dim that was derived is derived again from the new shape."""
+        if "head_dim" not in changes and self.head_dim == max(self.hidden_size // self.num_heads, 1):
             changes["head_dim"] = None
-        return dataclasses.replace(self, **changes)
+        return parse(ModelConfig, overlay(self, changes), "model")
 
 
 PRESETS: dict[str, ModelConfig] = {
@@ -119,6 +125,7 @@ PRESETS: dict[str, ModelConfig] = {
 
 
 def preset(name: str, **overrides) -> ModelConfig:
+    """A named preset with ``overrides`` (a :class:`ConfigError` names a bad one)."""
     if name not in PRESETS:
-        raise ValueError(f"unknown model preset {name!r} (choose from {', '.join(PRESETS)})")
+        raise ConfigError(f"unknown model preset {name!r} (choose from {', '.join(PRESETS)})")
     return PRESETS[name].replace(**overrides)

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from ctlab.errors import UserError
 from ctlab.model.config import ModelConfig
 from ctlab.model.layers import Attention, KVCache, RMSNorm, SwiGLU, document_mask, rotary_tables
 from ctlab.model.moe import MultiHeadMoE, RouterStats, SparseMoE, load_balancing_loss
@@ -88,6 +89,11 @@ class Decoder(nn.Module):
         if skip is not None and cache is not None:
             raise ValueError("layer skipping is for training: it cannot be combined with a KV cache")
         past = 0 if cache is None else len(cache)
+        if past + input_ids.shape[1] > self.config.max_position_embeddings:
+            raise UserError(
+                f"an input of {past + input_ids.shape[1]:,} positions is longer than the model's context "
+                f"of {self.config.max_position_embeddings:,} (max_position_embeddings)"
+            )
         if position_ids is None:
             position_ids = torch.arange(past, past + input_ids.shape[1], device=input_ids.device).expand_as(input_ids)
         x = self.embed_tokens(input_ids)

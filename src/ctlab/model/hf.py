@@ -12,20 +12,20 @@ Fused ctlab projections (q/k/v, gate/up) are split on save and fused on load.
 
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save
 
-from ctlab.atomic import atomic_write, write_json
+from ctlab.errors import UserError
 from ctlab.model.config import ModelConfig
 from ctlab.model.decoder import Decoder
+from ctlab.runs import atomic_write, latest_checkpoint, read_json, write_json
 
 MHMOE_NOTE = (
     "MH-MoE (arXiv 2404.15045) has no transformers class: load this checkpoint with "
-    "ctlab.model.hf.load_pretrained, not transformers.AutoModelForCausalLM"
+    "ctlab.model.hf.load_model, not transformers.AutoModelForCausalLM"
 )
 
 
@@ -72,7 +72,7 @@ def hf_config(config: ModelConfig) -> dict:
                 num_experts=config.num_experts,
                 num_experts_per_tok=config.experts_per_token,
                 moe_intermediate_size=config.expert_intermediate_size,
-                shared_expert_intermediate_size=config.shared_expert_intermediate_size,
+                shared_expert_intermediate_size=config.shared_expert_intermediate_size or 1,  # see to_hf_state
                 norm_topk_prob=config.norm_topk_prob,
                 decoder_sparse_step=config.decoder_sparse_step,
                 mlp_only_layers=list(config.mlp_only_layers),
@@ -131,9 +131,10 @@ def to_hf_state(config: ModelConfig, state_dict: dict[str, torch.Tensor]) -> dic
             gate, up = state[src + "ffn.shared_expert.gate_up_proj.weight"].chunk(2, dim=0)
             down = state[src + "ffn.shared_expert.down_proj.weight"]
             gate_weight = state[src + "ffn.shared_expert_gate.weight"]
-        else:  # transformers' Qwen2-MoE always has a shared expert: an empty one adds nothing
-            gate, up = torch.zeros(0, config.hidden_size), torch.zeros(0, config.hidden_size)
-            down, gate_weight = torch.zeros(config.hidden_size, 0), torch.zeros(1, config.hidden_size)
+        else:  # transformers' Qwen2-MoE always has a shared expert: a zero one of width 1 adds exactly
+            # nothing (a zero-width one would leave empty tensors that transformers takes for tied weights)
+            gate, up = torch.zeros(1, config.hidden_size), torch.zeros(1, config.hidden_size)
+            down, gate_weight = torch.zeros(config.hidden_size, 1), torch.zeros(1, config.hidden_size)
         out[dst + "mlp.shared_expert.gate_proj.weight"] = gate.contiguous()
         out[dst + "mlp.shared_expert.up_proj.weight"] = up.contiguous()
         out[dst + "mlp.shared_expert.down_proj.weight"] = down.contiguous()
@@ -154,26 +155,46 @@ def save_pretrained(
     weights = to_hf_state(model.config, model.state_dict() if state_dict is None else state_dict)
     state = {k: v.float() for k, v in weights.items()}
     atomic_write(out / "model.safetensors", lambda f: f.write(save(state, metadata={"format": "pt"})))
-    if tokenizer_dir is not None:
-        for path in Path(tokenizer_dir).iterdir():
-            if path.is_file() and path.name != "training.json":
-                shutil.copyfile(path, out / path.name)
+    copy_tokenizer(tokenizer_dir, out)
     write_json(out / "config.json", hf_config(model.config))
+
+
+def tokenizer_files(tokenizer_dir: str | Path | None) -> list[Path]:
+    """The files of a tokenizer folder that a model folder carries (not its training record)."""
+    if tokenizer_dir is None:
+        return []
+    return [p for p in sorted(Path(tokenizer_dir).iterdir()) if p.is_file() and p.name != "training.json"]
+
+
+def copy_tokenizer(tokenizer_dir: str | Path | None, out_dir: str | Path) -> None:
+    """Copy the tokenizer into ``out_dir``, so ``AutoTokenizer.from_pretrained(out_dir)`` loads it."""
+    for path in tokenizer_files(tokenizer_dir):
+        shutil.copyfile(path, Path(out_dir) / path.name)
 
 
 def config_from_hf(data: dict) -> ModelConfig:
     """A ctlab config from a config.json (ctlab's own section, or a Llama / Qwen2 / Qwen2-MoE one)."""
+    if not isinstance(data, dict):
+        raise UserError("config.json is not a mapping of settings")
     if "ctlab" in data:
-        return ModelConfig.from_dict(data["ctlab"])
+        return ModelConfig.from_dict(data["ctlab"], "config.json: ctlab")
+    try:
+        return ModelConfig.from_dict(_imported_fields(data), "config.json")
+    except KeyError as err:
+        raise UserError(f"config.json of a {data.get('model_type')} checkpoint lacks {err.args[0]!r}") from None
+
+
+def _imported_fields(data: dict) -> dict:
+    """ModelConfig fields from a transformers config.json."""
     model_type = data.get("model_type")
     if model_type not in ("llama", "qwen2", "qwen2_moe"):
-        raise ValueError(f"cannot import model_type {model_type!r} (llama, qwen2 and qwen2_moe can be imported)")
+        raise UserError(f"cannot import model_type {model_type!r} (llama, qwen2 and qwen2_moe can be imported)")
     rope = data.get("rope_parameters") or {}
     theta = rope.get("rope_theta", data.get("rope_theta", 10000.0))
     if rope.get("rope_type", "default") != "default" or data.get("rope_scaling"):
-        raise ValueError("only the default rotary embedding can be imported (no rope scaling)")
+        raise UserError("only the default rotary embedding can be imported (no rope scaling)")
     if model_type == "llama" and (data.get("attention_bias") or data.get("mlp_bias")):
-        raise ValueError("Llama checkpoints with attention or MLP biases cannot be imported")
+        raise UserError("Llama checkpoints with attention or MLP biases cannot be imported")
     fields = {
         "vocab_size": data["vocab_size"],
         "hidden_size": data["hidden_size"],
@@ -206,7 +227,7 @@ def config_from_hf(data: dict) -> ModelConfig:
             mlp_only_layers=list(data.get("mlp_only_layers") or []),
             router_aux_loss_coef=data.get("router_aux_loss_coef", 0.001),
         )
-    return ModelConfig(**fields)
+    return fields
 
 
 def from_hf_state(state: dict[str, torch.Tensor], config: ModelConfig) -> dict[str, torch.Tensor]:
@@ -260,19 +281,47 @@ def from_hf_state(state: dict[str, torch.Tensor], config: ModelConfig) -> dict[s
     return out
 
 
-def load_pretrained(folder: str | Path) -> Decoder:
-    """A ctlab model from a checkpoint folder (ctlab's, or a Llama / Qwen2 / Qwen2-MoE one)."""
+def read_weights(
+    folder: str | Path, config: ModelConfig, device: str | torch.device = "cpu"
+) -> dict[str, torch.Tensor]:
+    """The ctlab state dict of the safetensors files in ``folder`` (a :class:`UserError` for a
+    missing, damaged or incomplete file)."""
+    from safetensors import SafetensorError
+
     folder = Path(folder)
-    config_path = folder / "config.json"
-    if not config_path.is_file():
-        raise FileNotFoundError(f"{folder} holds no config.json")
-    config = config_from_hf(json.loads(config_path.read_text()))
     files = sorted(folder.glob("*.safetensors"))
     if not files:
-        raise FileNotFoundError(f"{folder} holds no .safetensors weights")
+        raise UserError(f"{folder} holds no .safetensors weights")
     state: dict[str, torch.Tensor] = {}
     for path in files:
-        state.update(load_file(path))
-    model = Decoder(config)
-    model.load_state_dict(from_hf_state(state, config), strict=True)
+        try:
+            state.update(load_file(path, device=str(device)))
+        except (SafetensorError, OSError) as err:
+            raise UserError(f"{path} is damaged or truncated ({err})") from None
+    try:
+        return from_hf_state(state, config)
+    except KeyError as err:
+        raise UserError(f"{folder} lacks the weight {err.args[0]} its config.json calls for") from None
+
+
+def load_model(path: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype | None = None) -> Decoder:
+    """The model of a checkpoint folder, of a run folder (its latest checkpoint), or of a
+    Hugging Face checkpoint of a supported architecture (Llama, Qwen2, Qwen2-MoE).
+
+    The decoder is built on the meta device and takes the file's tensors as its parameters
+    (on ``device``, cast to ``dtype`` when given): no random initialisation, no second copy.
+    """
+    folder = latest_checkpoint(path)
+    config = config_from_hf(read_json(folder / "config.json", "a model checkpoint"))
+    state = read_weights(folder, config, device)
+    if dtype is not None:
+        state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}
+    with torch.device("meta"):
+        model = Decoder(config)
+    try:
+        model.load_state_dict(state, strict=True, assign=True)
+    except RuntimeError as err:
+        raise UserError(f"{folder}: the weights do not fit its config.json ({str(err).splitlines()[0]})") from None
+    if config.tie_embeddings:
+        model.lm_head.weight = model.embed_tokens.weight
     return model

@@ -66,8 +66,7 @@ def document_mask(position_ids: torch.Tensor, past: int = 0) -> torch.Tensor | N
 class KVCache:
     """Keys and values of every layer for the positions seen so far: per layer (B, H_kv, T, D).
 
-    Later stages (cache compression, speculative decoding) act on it directly: ``keep``
-    retains chosen positions, ``crop`` drops the newest ones.
+    ``crop`` drops the newest positions (a rejected speculation, say).
     """
 
     def __init__(self, num_layers: int):

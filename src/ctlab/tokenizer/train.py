@@ -15,7 +15,6 @@ EOS and PAD tokens, chat-role tokens and a chat template whose assistant turns a
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -29,6 +28,8 @@ from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, proce
 from tqdm import tqdm
 
 from ctlab.data.readers import BadRecord, CorpusReader, corpus_files
+from ctlab.errors import UserError
+from ctlab.runs import file_digest
 
 BOS, EOS, PAD = "<|bos|>", "<|endoftext|>", "<|pad|>"
 ROLE_TOKENS = ("<|system|>", "<|user|>", "<|assistant|>", "<|end|>")
@@ -71,9 +72,9 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int, min_frequency: int = 
     """Byte-level BPE trained on ``texts``: 256 byte tokens, the special tokens, then merges up
     to ``vocab_size`` in all. Deterministic for the same texts in the same order."""
     if min_frequency < 0:
-        raise ValueError("--min-frequency must be at least 0")
+        raise UserError("--min-frequency must be at least 0")
     if vocab_size < MIN_VOCAB:
-        raise ValueError(f"--vocab-size must be at least {MIN_VOCAB} (256 bytes + {len(SPECIAL_TOKENS)} special)")
+        raise UserError(f"--vocab-size must be at least {MIN_VOCAB} (256 bytes + {len(SPECIAL_TOKENS)} special)")
     tokenizer = untrained_tokenizer()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
@@ -95,23 +96,23 @@ TOKENIZER_FILES = {"tokenizer.json", "tokenizer_config.json", "chat_template.jin
 
 def check_output_folder(out_dir: str) -> Path:
     """The absolute ``out_dir`` if a tokenizer may be written there: absent, empty, or holding
-    only tokenizer files (which are replaced); anything else is refused (ValueError)."""
+    only tokenizer files (which are replaced); anything else is refused (:class:`UserError`)."""
     out = Path(out_dir).absolute()
     if out.exists():
         if not out.is_dir():
-            raise ValueError(f"{out_dir} is a file: choose another --out")
+            raise UserError(f"{out_dir} is a file: choose another --out")
         others = sorted(p.name for p in out.iterdir() if p.name not in TOKENIZER_FILES | {"training.json"})
         if others:
-            raise ValueError(f"{out_dir} holds other files ({', '.join(others[:3])}): choose another --out")
+            raise UserError(f"{out_dir} holds other files ({', '.join(others[:3])}): choose another --out")
     elif not os.access(next(p for p in out.parents if p.exists()), os.W_OK):
-        raise ValueError(f"cannot create {out_dir}: permission denied")
+        raise UserError(f"cannot create {out_dir}: permission denied")
     return out
 
 
 def save_tokenizer(tokenizer: Tokenizer, out_dir: str, training: dict | None = None) -> None:
     """Write ``out_dir`` in Hugging Face format (tokenizer.json, tokenizer_config.json, chat
     template) plus ``training.json``; the folder appears complete or not at all. An existing
-    tokenizer folder is replaced; any other non-empty folder is refused (ValueError)."""
+    tokenizer folder is replaced; any other non-empty folder is refused (:class:`UserError`)."""
     from transformers import PreTrainedTokenizerFast
 
     hf = PreTrainedTokenizerFast(
@@ -124,8 +125,11 @@ def save_tokenizer(tokenizer: Tokenizer, out_dir: str, training: dict | None = N
         clean_up_tokenization_spaces=False,
     )
     out = check_output_folder(out_dir)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    except OSError as err:
+        raise UserError(f"cannot write {out_dir}: {err.strerror or err}") from None
     try:
         hf.save_pretrained(staging)
         config_path = staging / "tokenizer_config.json"
@@ -168,15 +172,6 @@ class CorpusTexts:
                     yield item.text
 
 
-def file_digest(path: str | Path) -> str:
-    """sha256 of a file, for recording which tokenizer or input a run used."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def train(
     corpus: list[str],
     out_dir: str,
@@ -189,12 +184,12 @@ def train(
     check_output_folder(out_dir)  # before hours of training, not after
     texts = CorpusTexts(corpus, text_key=text_key, progress=progress)
     if not texts.files:
-        raise ValueError("no input files found in " + ", ".join(corpus))
+        raise UserError("no input files found in " + ", ".join(corpus))
     started = time.perf_counter()
     tokenizer = train_tokenizer(texts, vocab_size, min_frequency, progress)
     seconds = time.perf_counter() - started
     if texts.documents == 0:
-        raise ValueError("the corpus holds no documents")
+        raise UserError("the corpus holds no documents")
     summary = {
         "vocab_size": tokenizer.get_vocab_size(),
         "requested_vocab_size": vocab_size,

@@ -15,24 +15,15 @@ from collections.abc import Iterator
 import numpy as np
 import torch
 
+from ctlab.errors import UserError
 from ctlab.tokens.packed import PackedDataset
 
 
 def collate(samples: list[dict[str, np.ndarray]]) -> dict[str, torch.Tensor]:
-    """Stack samples into a batch: ``input_ids``, ``labels``, ``position_ids`` (B, L) int64;
-    ``cu_seqlens`` (n + 1,) int32, the segment boundaries over the flattened B·L tokens (what
-    variable-length attention takes), and ``max_seqlen``, the longest segment."""
-    seq_len = len(samples[0]["input_ids"])
-    lengths = np.concatenate([s["seqlens"] for s in samples])
-    cu_seqlens = np.zeros(len(lengths) + 1, dtype=np.int32)
-    np.cumsum(lengths, out=cu_seqlens[1:])
-    assert cu_seqlens[-1] == seq_len * len(samples)
+    """Stack samples into a batch: ``input_ids``, ``labels``, ``position_ids``, each (B, L) int64.
+    Documents are told apart by their position ids, which restart at 0 at each one."""
     return {
-        "input_ids": torch.from_numpy(np.stack([s["input_ids"] for s in samples])),
-        "labels": torch.from_numpy(np.stack([s["labels"] for s in samples])),
-        "position_ids": torch.from_numpy(np.stack([s["position_ids"] for s in samples])),
-        "cu_seqlens": torch.from_numpy(cu_seqlens),
-        "max_seqlen": int(lengths.max()),
+        key: torch.from_numpy(np.stack([s[key] for s in samples])) for key in ("input_ids", "labels", "position_ids")
     }
 
 
@@ -58,7 +49,7 @@ class PackedLoader:
     ):
         self.dataset = dataset if isinstance(dataset, PackedDataset) else PackedDataset(dataset)
         if len(self.dataset) == 0:
-            raise ValueError("the packed folder holds no sequences")
+            raise UserError(f"{self.dataset.folder} holds no sequences")
         if position < 0:
             raise ValueError(f"the stream position cannot be negative ({position})")
         if batch_size < 1 or world_size < 1 or not 0 <= rank < world_size:
@@ -104,9 +95,12 @@ class PackedLoader:
         return {"position": self.position, "seed": self.seed, "global_batch_size": self.global_batch_size}
 
     def load_state_dict(self, state: dict[str, int]) -> None:
-        if state["seed"] != self.seed or state["global_batch_size"] != self.global_batch_size:
-            raise ValueError(
-                f"loader state is for seed {state['seed']} and global batch {state['global_batch_size']}, "
-                f"not seed {self.seed} and global batch {self.global_batch_size}"
+        """Continue where the saved loader stopped; its seed and global batch must be this one's."""
+        if state["seed"] != self.seed:
+            raise UserError(f"the saved data order is for seed {state['seed']}, not {self.seed}")
+        if state["global_batch_size"] != self.global_batch_size:
+            raise UserError(
+                f"the run took {state['global_batch_size']} sequences per step from {self.dataset.folder}, "
+                f"not {self.global_batch_size}: resume with the same batch size and number of processes"
             )
         self.position = state["position"]

@@ -2,7 +2,10 @@
 
 Layout::
 
-    pack.json               tokens folder, its manifest's digest, seq_len, strategy, pad id
+    run.json                the packing's identity (see :mod:`ctlab.runs`): a rerun with other
+                            tokens, seq_len or strategy is refused
+    pack.json               tokens folder, its manifest's digest, seq_len, strategy, pad id;
+                            written last, it marks the folder complete
     chunk_starts.npy        (C,) int64 global token offsets, in sequence order
     chunk_lengths.npy       (C,) int32
     sequence_offsets.npy    (S + 1,) int64: sequence s = chunks [s, s + 1)
@@ -13,35 +16,35 @@ Only references are stored: a sequence's tokens are read from the tokens folder 
 
 from __future__ import annotations
 
-import hashlib
-import json
 from pathlib import Path
 
 import numpy as np
 
-from ctlab.atomic import save_npy, write_json
-from ctlab.tokens.pack import Packing, pack, pack_stats
-from ctlab.tokens.store import MANIFEST, StoreError, TokenStore
+from ctlab.errors import UserError
+from ctlab.runs import claim, file_digest, read_json, save_npy, write_json
+from ctlab.tokens.pack import STRATEGIES, Packing, pack, pack_stats
+from ctlab.tokens.store import MANIFEST, TokenStore
 
 PACK_MANIFEST = "pack.json"
 PACK_FORMAT = "ctlab-pack/1"
 IGNORE_INDEX = -100  # label of positions that predict nothing (cross-entropy's ignore_index)
-
-
-def _digest(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
+MAX_SEQ_LEN = 1 << 20  # packing holds arrays of this size; the loader, sequences of it
 
 
 def write_packing(tokens_dir: str, out: str, seq_len: int, strategy: str = "bfd") -> dict:
     """Pack the documents of a tokens folder into ``out``; returns the stats (also in pack_stats.json).
 
-    Refuses an ``out`` that holds anything but an earlier packing (its files are replaced).
+    ``out`` is claimed as a run folder: a rerun of the same packing redoes it; a folder holding
+    another packing or anything else is refused.
     """
+    if not 2 <= seq_len <= MAX_SEQ_LEN:
+        raise UserError(f"--seq-len must be between 2 and {MAX_SEQ_LEN:,}")
+    if strategy not in STRATEGIES:
+        raise UserError(f"unknown packing strategy {strategy!r} (choose from {', '.join(STRATEGIES)})")
     store = TokenStore(tokens_dir)
-    folder = Path(out)
-    if folder.exists() and any(folder.iterdir()) and not (folder / PACK_MANIFEST).is_file():
-        raise StoreError(f"{out} is not empty and not a packed folder: choose another --out")
-    folder.mkdir(parents=True, exist_ok=True)
+    tokens_sha256 = file_digest(store.folder / MANIFEST)
+    identity = {"tokens": str(store.folder.resolve()), "tokens_manifest_sha256": tokens_sha256, "seq_len": seq_len}
+    folder = claim(out, "pack", {**identity, "strategy": strategy}).folder
     starts, lengths, _sources = store.documents()
     packing = pack(starts, lengths, seq_len, strategy)
     stats = {"strategy": strategy, **pack_stats(starts, lengths, seq_len, packing)}
@@ -50,14 +53,7 @@ def write_packing(tokens_dir: str, out: str, seq_len: int, strategy: str = "bfd"
     save_npy(folder / "chunk_lengths.npy", packing.chunk_lengths)
     save_npy(folder / "sequence_offsets.npy", packing.sequence_offsets)
     write_json(folder / "pack_stats.json", stats)
-    manifest = {
-        "format": PACK_FORMAT,
-        "tokens": str(Path(tokens_dir).absolute()),
-        "tokens_manifest_sha256": _digest(store.folder / MANIFEST),
-        "seq_len": seq_len,
-        "strategy": strategy,
-        "pad_id": store.pad_id,
-    }
+    manifest = {"format": PACK_FORMAT, **identity, "strategy": strategy, "pad_id": store.pad_id}
     write_json(folder / PACK_MANIFEST, manifest)
     return stats
 
@@ -91,26 +87,49 @@ class PackedDataset:
     ``dataset[i]`` is a dict of numpy arrays for sequence ``i`` (L = seq_len):
     ``input_ids`` (L,) int64, padded with the pad id; ``labels`` (L,) int64, the next token
     within the same chunk, IGNORE_INDEX at each chunk's last position and on padding;
-    ``position_ids`` (L,) int64, restarting at 0 at every chunk (and on padding);
-    ``seqlens`` (k,) int32, the lengths of the chunks and then of the padding if any (sum L).
+    ``position_ids`` (L,) int64, restarting at 0 at every chunk (and on padding).
     """
 
     def __init__(self, folder: str | Path):
         self.folder = Path(folder)
         path = self.folder / PACK_MANIFEST
         if not path.is_file():
-            raise StoreError(f"{folder} is not a packed folder (no {PACK_MANIFEST}; make one with `ctlab data pack`)")
-        self.manifest = json.loads(path.read_text())
-        self.store = TokenStore(self.manifest["tokens"])
-        if _digest(self.store.folder / MANIFEST) != self.manifest["tokens_manifest_sha256"]:
-            raise StoreError(f"{self.manifest['tokens']} changed since {folder} was packed: pack it again")
-        self.seq_len: int = self.manifest["seq_len"]
-        self.pad_id: int = self.manifest["pad_id"]
-        self.packing = Packing(
-            np.load(self.folder / "chunk_starts.npy", mmap_mode="r"),
-            np.load(self.folder / "chunk_lengths.npy", mmap_mode="r"),
-            np.load(self.folder / "sequence_offsets.npy", mmap_mode="r"),
-        )
+            raise UserError(f"{folder} is not a packed folder (no {PACK_MANIFEST}; make one with `ctlab data pack`)")
+        self.manifest = read_json(path, "a packed folder")
+        try:
+            if self.manifest.get("format") != PACK_FORMAT:
+                raise UserError(f"{path} has format {self.manifest.get('format')!r}, expected {PACK_FORMAT!r}")
+            self.store = TokenStore(self.manifest["tokens"])
+            if file_digest(self.store.folder / MANIFEST) != self.manifest["tokens_manifest_sha256"]:
+                raise UserError(f"{self.manifest['tokens']} changed since {folder} was packed: pack it again")
+            self.seq_len: int = int(self.manifest["seq_len"])
+            self.pad_id: int = int(self.manifest["pad_id"])
+            self.packing = Packing(
+                np.load(self.folder / "chunk_starts.npy", mmap_mode="r"),
+                np.load(self.folder / "chunk_lengths.npy", mmap_mode="r"),
+                np.load(self.folder / "sequence_offsets.npy", mmap_mode="r"),
+            )
+        except (AttributeError, KeyError, TypeError, OSError, ValueError) as err:
+            raise UserError(f"{folder} is a damaged packed folder ({err!r}): pack it again") from None
+        self.fingerprint = file_digest(path)  # what the packing is: tokens, their digest, seq_len, strategy
+
+    @property
+    def tokenizer(self) -> dict:
+        """The tokenizer the tokens were made with (path, sha256, vocab_size and special ids)."""
+        return self.store.manifest["tokenizer"]
+
+    def check_tokenizer(self, what: str, sha256: str | None, vocab_size: int | None = None) -> None:
+        """Refuse ``what`` (data or a model) if it was made with another tokenizer than these
+        tokens: ``sha256`` of its tokenizer.json (None: not known), its vocabulary size (a model's
+        embedding must cover every token id)."""
+        mine = self.tokenizer
+        if sha256 is not None and sha256 != mine["sha256"]:
+            raise UserError(f"{what} was made with another tokenizer than {self.folder} ({Path(mine['path']).parent})")
+        if vocab_size is not None and vocab_size < mine["vocab_size"]:
+            raise UserError(
+                f"{what} has a vocabulary of {vocab_size:,} tokens, fewer than the {mine['vocab_size']:,} "
+                f"of the tokenizer of {self.folder}"
+            )
 
     def __len__(self) -> int:
         return self.packing.sequences
@@ -122,21 +141,18 @@ class PackedDataset:
         input_ids = np.full(length, self.pad_id, dtype=np.int64)
         labels = np.full(length, IGNORE_INDEX, dtype=np.int64)
         position_ids = np.zeros(length, dtype=np.int64)
-        seqlens = []
         at = 0
         for start, size in self.packing.sequence(index):
             tokens = self.store.read(start, size)
             input_ids[at : at + size] = tokens
             labels[at : at + size - 1] = tokens[1:]
             position_ids[at : at + size] = np.arange(size)
-            seqlens.append(size)
             at += size
-        if at < length:
-            seqlens.append(length - at)
-            position_ids[at:] = np.arange(length - at)
-        return {
-            "input_ids": input_ids,
-            "labels": labels,
-            "position_ids": position_ids,
-            "seqlens": np.array(seqlens, dtype=np.int32),
-        }
+        position_ids[at:] = np.arange(length - at)  # padding: one more segment
+        return {"input_ids": input_ids, "labels": labels, "position_ids": position_ids}
+
+
+def tokenizer_sha256(folder: str | Path) -> str | None:
+    """The digest of the tokenizer.json in a model or tokenizer folder (None when it has none)."""
+    path = Path(folder) / "tokenizer.json"
+    return file_digest(path) if path.is_file() else None

@@ -15,18 +15,16 @@ offset and length, which is all that packing needs.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from ctlab.errors import UserError
+from ctlab.runs import read_json
+
 MANIFEST = "tokens.json"
 FORMAT = "ctlab-tokens/1"
-
-
-class StoreError(ValueError):
-    """A folder that is not a complete token store."""
 
 
 @dataclass
@@ -45,32 +43,30 @@ class TokenStore:
         self.folder = Path(folder)
         path = self.folder / MANIFEST
         if not path.is_file():
-            raise StoreError(f"{folder} is not a tokens folder (no {MANIFEST}; make one with `ctlab data tokenize`)")
-        try:
-            self.manifest = json.loads(path.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as err:
-            raise StoreError(f"{path} is damaged ({err}): run `ctlab data tokenize` again") from None
-        if self.manifest.get("format") != FORMAT:
-            raise StoreError(f"{path} has format {self.manifest.get('format')!r}, expected {FORMAT!r}")
-        self.dtype = np.dtype(self.manifest["dtype"])
+            raise UserError(f"{folder} is not a tokens folder (no {MANIFEST}; make one with `ctlab data tokenize`)")
+        self.manifest = read_json(path, "a tokens folder")
+        if not isinstance(self.manifest, dict) or self.manifest.get("format") != FORMAT:
+            raise UserError(f"{path} is not a {FORMAT} manifest: run `ctlab data tokenize` again")
         self.shards: list[ShardInfo] = []
         base = 0
-        for source in self.manifest["sources"]:
-            for shard in source["shards"]:
-                self.shards.append(ShardInfo(shard["name"], source["name"], shard["documents"], shard["tokens"], base))
-                base += shard["tokens"]
+        try:
+            self.dtype = np.dtype(self.manifest["dtype"])
+            for source in self.manifest["sources"]:
+                for shard in source["shards"]:
+                    info = ShardInfo(shard["name"], source["name"], int(shard["documents"]), int(shard["tokens"]), base)
+                    self.shards.append(info)
+                    base += info.tokens
+            self.pad_id = int(self.manifest["tokenizer"]["pad_id"])
+        except (KeyError, TypeError, ValueError) as err:
+            raise UserError(f"{path} is damaged ({err!r}): run `ctlab data tokenize` again") from None
         self.total_tokens = base
         for shard in self.shards:
             data = self.folder / "shards" / f"{shard.name}.bin"
             expected = shard.tokens * self.dtype.itemsize
             if not data.is_file() or data.stat().st_size != expected:
-                raise StoreError(f"{data} is missing or not {expected:,} bytes long: run `ctlab data tokenize` again")
+                raise UserError(f"{data} is missing or not {expected:,} bytes long: run `ctlab data tokenize` again")
         self._bases = np.array([s.base for s in self.shards] + [base], dtype=np.int64)
         self._maps: dict[int, np.ndarray] = {}
-
-    @property
-    def pad_id(self) -> int:
-        return self.manifest["tokenizer"]["pad_id"]
 
     def _offsets(self, shard: ShardInfo) -> np.ndarray:
         return np.load(self.folder / "shards" / f"{shard.name}.idx.npy", mmap_mode="r")

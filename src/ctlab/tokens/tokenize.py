@@ -26,18 +26,14 @@ from typing import IO
 import numpy as np
 from tqdm import tqdm
 
-from ctlab.atomic import atomic_write, save_npy, write_json
 from ctlab.data.readers import BadRecord, CorpusReader, corpus_files
+from ctlab.errors import UserError
 from ctlab.report.tables import text_table
+from ctlab.runs import atomic_write, claim, file_digest, read_json, save_npy, write_json
 from ctlab.tokens.store import FORMAT, MANIFEST
 
-RUN_FILE = "run.json"  # inputs and tokenizer of the folder; a rerun must match them
 BATCH_DOCUMENTS = 512
 _SOURCE_NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
-
-
-class TokenizeError(ValueError):
-    """A user mistake in a tokenize request (bad source spec, missing input, conflicting run)."""
 
 
 @dataclass
@@ -62,26 +58,21 @@ def parse_sources(specs: list[str], mix: str | None) -> list[Source]:
         for item in mix.split(","):
             name, _, value = item.partition("=")
             if name.strip() in weights:
-                raise TokenizeError(f"--mix names {name.strip()!r} twice")
+                raise UserError(f"--mix names {name.strip()!r} twice")
             try:
                 weights[name.strip()] = float(value)
             except ValueError:
-                raise TokenizeError(f"bad mix entry {item!r}: expected NAME=WEIGHT") from None
+                raise UserError(f"bad mix entry {item!r}: expected NAME=WEIGHT") from None
         if set(weights) != set(sources):
-            raise TokenizeError(f"--mix names {sorted(weights)} but the sources are {sorted(sources)}")
+            raise UserError(f"--mix names {sorted(weights)} but the sources are {sorted(sources)}")
         if any(w <= 0 or not np.isfinite(w) for w in weights.values()):
-            raise TokenizeError("mix weights must be positive numbers")
+            raise UserError("mix weights must be positive numbers")
         for name, weight in weights.items():
             sources[name].weight = weight
     for source in sources.values():
-        try:
-            source.files = corpus_files(source.inputs)
-        except FileNotFoundError as err:
-            raise TokenizeError(f"input not found: {err}") from None
-        except ValueError as err:
-            raise TokenizeError(str(err)) from None
+        source.files = corpus_files(source.inputs)
         if not source.files:
-            raise TokenizeError(f"source {source.name!r} has no input files")
+            raise UserError(f"source {source.name!r} has no input files")
     return list(sources.values())
 
 
@@ -100,14 +91,17 @@ class TokenizerInfo:
     def load(cls, folder: str) -> TokenizerInfo:
         from tokenizers import Tokenizer
 
-        from ctlab.tokenizer.train import file_digest
-
         tokenizer_json = Path(folder, "tokenizer.json")
         if not tokenizer_json.is_file():
-            raise TokenizeError(f"{folder} holds no tokenizer.json (train one with `ctlab tokenizer train`)")
+            raise UserError(f"{folder} holds no tokenizer.json (train one with `ctlab tokenizer train`)")
         config_path = Path(folder, "tokenizer_config.json")
-        config = json.loads(config_path.read_text()) if config_path.is_file() else {}
-        tokenizer = Tokenizer.from_file(str(tokenizer_json))
+        config = read_json(config_path, "a tokenizer folder") if config_path.is_file() else {}
+        if not isinstance(config, dict):
+            raise UserError(f"{config_path} is not a mapping of settings")
+        try:
+            tokenizer = Tokenizer.from_file(str(tokenizer_json))
+        except Exception as err:  # the Rust library raises a bare Exception for a bad file
+            raise UserError(f"{tokenizer_json} is not a valid tokenizer ({err})") from None
 
         def special(key: str) -> int | None:
             token = config.get(key)
@@ -116,7 +110,7 @@ class TokenizerInfo:
 
         eos = special("eos_token")
         if eos is None:
-            raise TokenizeError(f"the tokenizer in {folder} has no eos_token in tokenizer_config.json")
+            raise UserError(f"the tokenizer in {folder} has no eos_token in tokenizer_config.json")
         pad = special("pad_token")
         return cls(
             str(tokenizer_json.absolute()),
@@ -247,26 +241,6 @@ def mix_table(manifest: dict) -> str:
     return "\n".join(lines)
 
 
-def _claim_folder(out_dir: Path, run: dict) -> None:
-    """Make ``out_dir`` a tokens folder for ``run``, or refuse one that holds anything else."""
-    run_path = out_dir / RUN_FILE
-    try:
-        if run_path.exists():
-            if json.loads(run_path.read_text()) != run:
-                raise TokenizeError(
-                    f"{out_dir} holds tokens of other inputs or another tokenizer: choose another --out"
-                )
-            for leftover in (out_dir / "shards").glob(".tmp.*"):  # a killed run's partial files
-                leftover.unlink(missing_ok=True)
-            return
-        if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
-            raise TokenizeError(f"{out_dir} is not empty and not a tokens folder: choose another --out")
-        (out_dir / "shards").mkdir(parents=True, exist_ok=True)
-        write_json(run_path, run)
-    except OSError as err:
-        raise TokenizeError(f"cannot write to {out_dir}: {err.strerror or err}") from None
-
-
 def _input_identity(path: str) -> dict:
     """What tells a changed input file apart: its size and modification time."""
     stat = os.stat(path)
@@ -330,13 +304,16 @@ def tokenize(
     choose the mix; returns the manifest. Rerunning resumes; a folder made from other inputs or
     another tokenizer is refused."""
     if workers < 1:
-        raise TokenizeError("--workers must be at least 1")
+        raise UserError("--workers must be at least 1")
     if seed < 0:
-        raise TokenizeError("--seed must be at least 0")
+        raise UserError("--seed must be at least 0")
     info = TokenizerInfo.load(tokenizer_dir)
     out_dir = Path(out)
     run = {"format": FORMAT, "tokenizer_sha256": info.sha256, "text_key": text_key}
-    _claim_folder(out_dir, {**run, "sources": {s.name: s.files for s in sources}})
+    if claim(out_dir, "tokenize", {**run, "sources": {s.name: s.files for s in sources}}).resumed:
+        for leftover in (out_dir / "shards").glob(".tmp.*"):  # a killed run's partial files
+            leftover.unlink(missing_ok=True)
+    (out_dir / "shards").mkdir(exist_ok=True)
 
     shard_dir = out_dir / "shards"
     shard_paths = {s.name: [str(shard_dir / f"{s.name}-{k:05d}") for k in range(len(s.files))] for s in sources}
@@ -361,7 +338,7 @@ def tokenize(
     empty = [e["name"] for e in entries if e["documents"] == 0]
     if empty:
         bad = {e["name"]: e["bad_records"] for e in entries if e["name"] in empty}
-        raise TokenizeError(f"source(s) {', '.join(empty)} hold no documents (bad records: {bad}); check --text-key")
+        raise UserError(f"source(s) {', '.join(empty)} hold no documents (bad records: {bad}); check --text-key")
     chosen = choose_mix([{"weight": s.weight, "lengths": n} for s, n in zip(sources, lengths, strict=True)], seed)
     (out_dir / MANIFEST).unlink(missing_ok=True)  # the folder is incomplete until the new manifest is written
     mix_dir = out_dir / "mix"

@@ -16,8 +16,6 @@ checkpoint does not depend on how the run was parallelised.
 
 from __future__ import annotations
 
-import json
-import re
 import shutil
 from pathlib import Path
 
@@ -30,24 +28,10 @@ from torch.distributed.checkpoint.state_dict import (
     set_optimizer_state_dict,
 )
 
-from ctlab.atomic import write_json
+from ctlab.errors import UserError
 from ctlab.model.decoder import Decoder
-from ctlab.model.hf import from_hf_state, save_pretrained
-
-_STEP_DIR = re.compile(r"^step-(\d{8})$")
-
-
-def checkpoint_dir(run: str | Path, step: int) -> Path:
-    return Path(run) / "checkpoints" / f"step-{step:08d}"
-
-
-def completed_checkpoints(run: str | Path) -> list[tuple[int, Path]]:
-    """(step, folder) of every complete checkpoint of ``run``, oldest first."""
-    folder = Path(run) / "checkpoints"
-    if not folder.is_dir():
-        return []
-    found = [(int(m.group(1)), p) for p in folder.iterdir() if (m := _STEP_DIR.match(p.name))]
-    return sorted(found)
+from ctlab.model.hf import read_weights, save_pretrained
+from ctlab.runs import checkpoint_dir, checkpoints, read_json, write_json
 
 
 def _whole_states() -> StateDictOptions:
@@ -82,7 +66,7 @@ def save_checkpoint(
     write_json(staging / "trainer_state.json", {"step": step, **trainer_state})
     shutil.rmtree(final, ignore_errors=True)
     staging.rename(final)
-    for old_step, folder in completed_checkpoints(run):
+    for old_step, folder in checkpoints(run):
         if old_step < step and not (keep_every and old_step % keep_every == 0):
             shutil.rmtree(folder, ignore_errors=True)
     return final
@@ -90,9 +74,7 @@ def save_checkpoint(
 
 def load_weights(folder: Path, model: Decoder) -> None:
     """The checkpoint's weights into an unwrapped ``model`` (before DDP or FSDP takes it)."""
-    from safetensors.torch import load_file
-
-    model.load_state_dict(from_hf_state(load_file(folder / "model.safetensors"), model.config))
+    model.load_state_dict(read_weights(folder, model.config))
 
 
 def load_training_state(folder: Path | None, model: Decoder, optimizer: torch.optim.Optimizer) -> dict:
@@ -100,10 +82,15 @@ def load_training_state(folder: Path | None, model: Decoder, optimizer: torch.op
     torch.distributed every rank calls it, rank 0 with the folder and the others with None: they
     receive rank 0's states (their shards of them under FSDP)."""
     distributed = dist.is_initialized()
-    optimizer_state = {} if folder is None else torch.load(folder / "optimizer.pt", weights_only=True)
+    optimizer_state = {}
+    if folder is not None:
+        try:
+            optimizer_state = torch.load(folder / "optimizer.pt", weights_only=True)
+        except (OSError, RuntimeError, EOFError) as err:
+            raise UserError(f"{folder / 'optimizer.pt'} is damaged or missing ({err})") from None
     options = StateDictOptions(full_state_dict=True, broadcast_from_rank0=True) if distributed else StateDictOptions()
     set_optimizer_state_dict(model, optimizer, optimizer_state, options=options)
-    trainer_state = [None if folder is None else json.loads((folder / "trainer_state.json").read_text())]
+    trainer_state = [None if folder is None else read_json(folder / "trainer_state.json", "a training checkpoint")]
     if distributed:
         dist.broadcast_object_list(trainer_state, src=0)
     return trainer_state[0]

@@ -14,13 +14,14 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
 from datatrove.data import Document
+from pydantic import PositiveInt
 
+from ctlab.config import Fraction, config
 from ctlab.data.steps import CleaningStep
 
 HAN_RE = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\U00020000-\U0002ebef]")
@@ -81,12 +82,12 @@ def langid_identifier():
     return identifier
 
 
-@dataclass
+@config
 class LanguageConfig:
     enabled: bool = True
-    min_zh_score: float = 0.4
-    min_han_ratio: float = 0.3
-    chars_checked: int = 600  # the identifier reads this many leading characters
+    min_zh_score: Fraction = 0.4
+    min_han_ratio: Fraction = 0.3
+    chars_checked: PositiveInt = 600  # the identifier reads this many leading characters
 
 
 class ChineseLanguageFilter(CleaningStep):

@@ -17,10 +17,12 @@ from __future__ import annotations
 import re
 import string
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import field
 
 from datatrove.data import Document
+from pydantic import NonNegativeFloat, PositiveInt, model_validator
 
+from ctlab.config import Fraction, config
 from ctlab.data.steps import CleaningStep
 from ctlab.data.textstats import codepoints, duplicate_ngram_fraction, entropy, top_ngram_fraction, zh_words
 
@@ -36,22 +38,30 @@ BULLETS = tuple("•●○■□▪▫※·➢‣▶◀◦–")
 WHITESPACE_RE = re.compile(r"\s+")
 
 
-@dataclass
+@config
 class MapCCRulesConfig:
     enabled: bool = True
-    min_chars: int = 50
-    max_chars: int = 10000
-    min_sentences: int = 2
-    min_mean_word_length: float = 1.3
-    max_mean_word_length: float = 10.0
-    max_hash_ratio: float = 0.1
-    max_ellipsis_ratio: float = 0.1
-    max_digit_ratio: float = 0.3
-    max_readmore_line_ratio: float = 0.3
-    max_bullet_line_ratio: float = 0.9
+    min_chars: PositiveInt = 50
+    max_chars: PositiveInt = 10000
+    min_sentences: PositiveInt = 2
+    min_mean_word_length: NonNegativeFloat = 1.3
+    max_mean_word_length: NonNegativeFloat = 10.0
+    max_hash_ratio: Fraction = 0.1
+    max_ellipsis_ratio: Fraction = 0.1
+    max_digit_ratio: Fraction = 0.3
+    max_readmore_line_ratio: Fraction = 0.3
+    max_bullet_line_ratio: Fraction = 0.9
     require_punctuation: bool = True
-    min_unique_char_ratio: float = 0.1
-    min_char_entropy: float = 3.0
+    min_unique_char_ratio: Fraction = 0.1
+    min_char_entropy: NonNegativeFloat = 3.0
+
+    @model_validator(mode="after")
+    def _ranges(self) -> MapCCRulesConfig:
+        if self.min_chars > self.max_chars:
+            raise ValueError(f"min_chars ({self.min_chars}) is above max_chars ({self.max_chars})")
+        if self.min_mean_word_length > self.max_mean_word_length:
+            raise ValueError("min_mean_word_length is above max_mean_word_length")
+        return self
 
 
 class MapCCRules(CleaningStep):
@@ -111,11 +121,11 @@ def _default_dup():
     return {n: 0.60 for n in range(5, 11)}
 
 
-@dataclass
+@config
 class MapCCRepetitionConfig:
     enabled: bool = True
-    max_top_ngram_fraction: dict[int, float] = field(default_factory=_default_top)
-    max_duplicate_ngram_fraction: dict[int, float] = field(default_factory=_default_dup)
+    max_top_ngram_fraction: dict[PositiveInt, Fraction] = field(default_factory=_default_top)
+    max_duplicate_ngram_fraction: dict[PositiveInt, Fraction] = field(default_factory=_default_dup)
 
 
 class MapCCRepetition(CleaningStep):

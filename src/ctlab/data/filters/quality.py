@@ -9,7 +9,7 @@ characters in duplicated lines and newlines per word.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import field
 from itertools import filterfalse
 
 import numpy as np
@@ -17,7 +17,9 @@ from datatrove.data import Document
 from datatrove.pipeline.filters.gopher_repetition_filter import find_duplicates
 from datatrove.utils.text import PUNCTUATION_SET as _PUNCTUATION
 from datatrove.utils.text import TERMINAL_PUNCTUATION
+from pydantic import NonNegativeFloat, NonNegativeInt, model_validator
 
+from ctlab.config import Fraction, config
 from ctlab.data.steps import CleaningStep
 from ctlab.data.textstats import zh_words
 
@@ -49,27 +51,34 @@ LINE_ENDINGS = tuple(TERMINAL_PUNCTUATION)
 PUNCTUATION_SET = frozenset(_PUNCTUATION)
 
 
-@dataclass
+@config
 class QualityConfig:
     enabled: bool = True
     # Gopher quality
-    min_doc_words: int | None = 50
-    max_doc_words: int | None = 100000
-    min_avg_word_length: float | None = 1
-    max_avg_word_length: float | None = 5
-    max_symbol_word_ratio: float | None = 0.1
-    max_bullet_lines_ratio: float | None = 0.9
-    max_ellipsis_lines_ratio: float | None = 0.3
-    min_alpha_words_ratio: float | None = 0.735
-    min_stop_words: int | None = 2
+    min_doc_words: NonNegativeInt | None = 50
+    max_doc_words: NonNegativeInt | None = 100000
+    min_avg_word_length: NonNegativeFloat | None = 1
+    max_avg_word_length: NonNegativeFloat | None = 5
+    max_symbol_word_ratio: NonNegativeFloat | None = 0.1
+    max_bullet_lines_ratio: Fraction | None = 0.9
+    max_ellipsis_lines_ratio: Fraction | None = 0.3
+    min_alpha_words_ratio: Fraction | None = 0.735
+    min_stop_words: NonNegativeInt | None = 2
     stop_words: list[str] = field(default_factory=lambda: list(STOP_WORDS))
     # FineWeb quality
-    min_line_punct_ratio: float | None = 0.106
+    min_line_punct_ratio: Fraction | None = 0.106
     line_punct_exclude_zero: bool = False
-    max_short_line_ratio: float | None = None
-    short_line_length: int = 30
-    max_char_duplicates_ratio: float | None = 0.1
-    max_new_line_ratio: float | None = 0.178
+    max_short_line_ratio: Fraction | None = None
+    short_line_length: NonNegativeInt = 30
+    max_char_duplicates_ratio: Fraction | None = 0.1
+    max_new_line_ratio: NonNegativeFloat | None = 0.178
+
+    @model_validator(mode="after")
+    def _ranges(self) -> QualityConfig:
+        for low, high in (("min_doc_words", "max_doc_words"), ("min_avg_word_length", "max_avg_word_length")):
+            if None not in (getattr(self, low), getattr(self, high)) and getattr(self, low) > getattr(self, high):
+                raise ValueError(f"{low} is above {high}")
+        return self
 
 
 class QualityFilter(CleaningStep):

@@ -11,12 +11,14 @@ jieba (Rust port), as datatrove's cmn_Hani tokenizer (spaCy + jieba) gives, with
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import field
 
 import numpy as np
 from datatrove.data import Document
 from datatrove.pipeline.filters.gopher_repetition_filter import find_duplicates
+from pydantic import PositiveInt
 
+from ctlab.config import Fraction, config
 from ctlab.data.steps import CleaningStep
 from ctlab.data.textstats import HASH_BASE, codepoints, zh_words
 
@@ -24,15 +26,15 @@ PARAGRAPH_RE = re.compile(r"\n{2,}")
 LINE_RE = re.compile(r"\n+")
 
 
-@dataclass
+@config
 class RepetitionConfig:
     enabled: bool = True
-    dup_line_frac: float | None = 0.287
-    dup_para_frac: float | None = None
-    dup_line_char_frac: float | None = None
-    dup_para_char_frac: float | None = None
-    top_ngrams: dict[int, float] = field(default_factory=lambda: {2: 0.256, 3: 0.201, 4: 0.171})
-    dup_ngrams: dict[int, float] = field(
+    dup_line_frac: Fraction | None = 0.287
+    dup_para_frac: Fraction | None = None
+    dup_line_char_frac: Fraction | None = None
+    dup_para_char_frac: Fraction | None = None
+    top_ngrams: dict[PositiveInt, Fraction] = field(default_factory=lambda: {2: 0.256, 3: 0.201, 4: 0.171})
+    dup_ngrams: dict[PositiveInt, Fraction] = field(
         default_factory=lambda: {5: 0.198, 6: 0.182, 7: 0.167, 8: 0.154, 9: 0.14, 10: 0.127}
     )
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import os
 import tarfile
-from dataclasses import dataclass, field
+from dataclasses import field
 from functools import lru_cache
 from urllib.parse import urlsplit
 
@@ -25,12 +25,13 @@ from datatrove.data import Document
 from datatrove.pipeline.filters import url_filter as datatrove_url
 from datatrove.pipeline.filters.url_filter import URLFilter
 
+from ctlab.config import config
 from ctlab.data.steps import CleaningStep
 
 _ARCHIVE = "url_filterblacklistsv0_3_0.tar.gz"
 
 
-@dataclass
+@config
 class UrlConfig:
     enabled: bool = True
     extra_domains: list[str] = field(default_factory=list)
