@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+import re
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
@@ -29,6 +30,22 @@ Fraction = Annotated[float, Field(ge=0, le=1)]  # a share or a ratio: 0..1
 
 class ConfigError(UserError):
     """A config file or override that does not fit its config's declaration."""
+
+
+class _Loader(yaml.SafeLoader):
+    """PyYAML's safe loader, reading floats as YAML 1.2 does: ``3e-4`` is a number, not a string."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$"),
+    list("-+0123456789."),
+)
+
+
+def yaml_value(text: str) -> Any:
+    """``text`` read as YAML (1.2 floats); yaml.YAMLError when it is not valid YAML."""
+    return yaml.load(text, Loader=_Loader)  # noqa: S506 (a SafeLoader)
 
 
 def config(cls: type[T]) -> type[T]:
@@ -84,7 +101,7 @@ def read_yaml(path: str | Path, what: str) -> dict:
     if not path.is_file():
         raise ConfigError(f"{what} file not found: {path}")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = yaml_value(path.read_text(encoding="utf-8"))
     except (yaml.YAMLError, UnicodeDecodeError) as err:
         raise ConfigError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from None
     if data is None:
@@ -104,7 +121,7 @@ def set_key(data: dict, assignment: str) -> None:
     if not sep or not key.strip():
         raise ConfigError(f"bad --set {assignment!r}: expected KEY=VALUE")
     try:
-        value = yaml.safe_load(raw)
+        value = yaml_value(raw)
     except yaml.YAMLError:
         raise ConfigError(f"--set {key}: {raw!r} is not a valid YAML value") from None
     put(data, key.strip(), value)

@@ -233,11 +233,13 @@ class Metrics:
         self.path = Path(run) / METRICS_FILE
 
     def read(self) -> list[dict]:
-        """The records; a line cut short by a kill is left out."""
+        """The records; a line cut short by a kill (or otherwise not a record) is left out."""
         records = []
-        for line in self.path.read_text().splitlines() if self.path.is_file() else []:
+        for line in self.path.read_text(errors="replace").splitlines() if self.path.is_file() else []:
             with contextlib.suppress(json.JSONDecodeError):
-                records.append(json.loads(line))
+                record = json.loads(line)
+                if isinstance(record, dict) and isinstance(record.get("step"), int):
+                    records.append(record)
         return records
 
     def append(self, record: dict) -> None:
@@ -247,5 +249,7 @@ class Metrics:
     def keep_through(self, step: int) -> None:
         """Drop the records after ``step``: a run resuming from its checkpoint of ``step`` redoes
         them (-1: a run starting afresh keeps none)."""
+        if not self.path.exists():
+            return
         kept = "".join(json.dumps(r) + "\n" for r in self.read() if r["step"] <= step)
         atomic_write(self.path, lambda f: f.write(kept.encode()))

@@ -411,6 +411,9 @@ def test_inputs_in_another_order_are_another_run(tmp_path, inews):
     with pytest.raises(RunConflict, match="inputs"):
         plan_clean([str(second), str(first)], out, load_recipe("mapcc"), ExecutorOptions(tasks=2))
     plan_clean([str(first), str(second), str(first)], out, load_recipe("mapcc"), ExecutorOptions(tasks=2))
+    renamed = tmp_path / "my-mapcc.yaml"  # the same thresholds under another name: the same run
+    renamed.write_text("base: mapcc\ndescription: mine\n")
+    plan_clean([str(first), str(second)], out, load_recipe(str(renamed)), ExecutorOptions(tasks=2))
 
 
 def test_a_run_that_never_started_can_be_corrected(tmp_path, inews):
@@ -422,7 +425,7 @@ def test_a_run_that_never_started_can_be_corrected(tmp_path, inews):
     assert [p.name for p in Path(out).iterdir()] == ["run.json"]
     plan_clean([str(source)], out, load_recipe("fineweb2-zh"), ExecutorOptions(tasks=1))
     saved = json.loads((Path(out) / "run.json").read_text())
-    assert saved["identity"]["recipe"]["name"] == "fineweb2-zh" and saved["identity"]["tasks"] == 1
+    assert saved["recipe"]["name"] == "fineweb2-zh" and saved["identity"]["tasks"] == 1
 
 
 def test_a_folder_that_is_not_a_clean_run_is_left_alone(tmp_path, inews, capsys):
@@ -460,4 +463,5 @@ def test_input_with_no_documents_is_an_error(tmp_path, inews, capfd, name, conte
     assert "0 documents read" in out  # the stages' table still says what happened
     # one line: no library dumps the input's lines to stderr on the way
     says = f"no documents could be read from the input (bad records: {bad}); check the files and --format"
-    assert err == f"ctlab: error: {says}\n"
+    kept = f" (the bad records are in {tmp_path / 'out' / 'rejects' / 'read'})" if bad != "none" else ""
+    assert err == f"ctlab: error: {says}{kept}\n"

@@ -373,3 +373,22 @@ def test_a_moe_export_loads_in_transformers_without_warnings(tmp_path, caplog):
     ids = torch.randint(0, VOCAB, (2, 12))
     with torch.no_grad():
         torch.testing.assert_close(loaded(ids).logits, model(ids).logits, rtol=1e-5, atol=ATOL)
+
+
+def test_load_model_gives_the_dtype_asked_for_whatever_the_file_holds(tmp_path):
+    hf = LlamaForCausalLM(LlamaConfig(**SMALL_HF)).to(torch.bfloat16)
+    hf.save_pretrained(tmp_path)
+    assert {p.dtype for p in load_model(tmp_path).parameters()} == {torch.float32}
+    halves = load_model(tmp_path, dtype=torch.bfloat16)
+    assert {p.dtype for p in halves.parameters()} == {torch.bfloat16}
+    state = hf.state_dict()
+    assert torch.equal(halves.embed_tokens.weight, state["model.embed_tokens.weight"])
+    assert not any(p.is_meta for p in halves.parameters())
+
+
+def test_special_token_ids_transformers_allows_are_imported(tmp_path):
+    data = _llama_folder(tmp_path)
+    data.update(pad_token_id=-1, bos_token_id=None, eos_token_id=[2, 5])
+    (tmp_path / "config.json").write_text(json.dumps(data))
+    config = load_model(tmp_path).config
+    assert (config.pad_token_id, config.bos_token_id, config.eos_token_id) == (None, None, 2)

@@ -448,3 +448,13 @@ def test_cli_errors_are_one_line(inputs, tokenizer_dir, tmp_path, capsys):
     assert refused.value.code == 2
     assert "argument --workers: must be at least 1, not 0" in capsys.readouterr().err
     assert not (tmp_path / "e").exists()
+
+
+def test_a_wrong_text_key_leaves_the_folder_free_for_the_corrected_command(inputs, tokenizer_dir, tmp_path):
+    out = tmp_path / "out"
+    sources = parse_sources(inputs["specs"][2:3], None)
+    with pytest.raises(UserError, match="hold no documents .* check --text-key"):
+        tokenize(sources, str(tokenizer_dir), str(out), progress=False, text_key="body")
+    assert not out.exists() or not any(out.iterdir())
+    manifest = tokenize(sources, str(tokenizer_dir), str(out), progress=False)
+    assert manifest["selected_documents"] == len(inputs["texts"]["en"])

@@ -299,8 +299,10 @@ def test_a_run_resumes_with_other_runtime_settings_but_not_other_training(tmp_pa
     train(config)
     config_file = str(write_config(config, tmp_path / "c.yaml"))
     base = ["train", "pretrain", "--config", config_file, "--no-progress"]
-    # how it runs may change
+    # how it runs and is recorded may change
     assert main([*base, "--device", "cpu", "--parallel", "fsdp", "--set", "compile=true"]) == 0
+    assert "step 2" in capsys.readouterr().out
+    assert main([*base, "--set", "log_every=5", "--set", "checkpoint_every=7", "--set", "keep_every=1"]) == 0
     assert "step 2" in capsys.readouterr().out
     # what it computes may not
     assert_usage_error(capsys, [*base, "--lr", "0.5"], "other settings (lr: 0.003 -> 0.5)")
@@ -516,11 +518,12 @@ def test_config_errors_exit_2_with_one_line(tmp_path, capsys, packed_train):
     other = tmp_path / "other"
     other.mkdir()
     write_json(other / "run.json", {"kind": "pretrain", "identity": {"steps": 99}})
-    (other / "metrics.jsonl").write_text('{"step": 1, "loss": 5.0}\n')
-    before = {p.name: p.read_bytes() for p in other.iterdir()}
+    (other / "checkpoints" / "step-00000001").mkdir(parents=True)  # a step was done
+    (other / "checkpoints" / "step-00000001" / "trainer_state.json").write_text('{"step": 1}')
+    before = {p: p.read_bytes() for p in other.rglob("*") if p.is_file()}
     argv = [*base, "--data", packed_train, "--out", str(other), "--steps", "3"]
     assert_usage_error(capsys, argv, "holds a pretrain run with other settings")
-    assert {p.name: p.read_bytes() for p in other.iterdir()} == before
+    assert {p: p.read_bytes() for p in other.rglob("*") if p.is_file()} == before
     # a non-empty folder that is not a run
     stranger = tmp_path / "stranger"
     stranger.mkdir()

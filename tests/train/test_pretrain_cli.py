@@ -49,6 +49,8 @@ def one_line_error(capsys, argv: list[str]) -> str:
         (["--set", "model.max_position_embeddings=32"], "longer than the model's context of 32"),
         (["--preset", "huge"], "unknown model preset 'huge'"),
         (["--eval", "zh"], "bad --eval 'zh'"),
+        (["--set", "replay_data=x"], "replay_data needs replay_ratio above 0"),
+        (["--set", "lr=3e-"], "lr: must be a valid number, not '3e-'"),
     ],
 )
 def test_bad_settings_are_one_line_errors(tmp_path, capsys, packed_train, settings, says):
@@ -110,10 +112,23 @@ def test_the_same_run_resumes_from_another_path_or_a_copied_folder(tmp_path, cap
     assert all((a[name] == b[name]).all() for name in a)
 
 
-def test_a_failed_start_does_not_block_the_corrected_command(tmp_path, capsys, packed_train):
+def test_numbers_in_scientific_notation_are_numbers(tmp_path, packed_train):
+    config = tmp_path / "c.yaml"
+    config.write_text("lr: 3e-4\nmodel: {rope_theta: 1e6}\n")
+    argv = ["train", "pretrain", "--config", str(config), "--data", packed_train, "--out", str(tmp_path / "run")]
+    assert main([*argv, "--steps", "1", *TINY, "--batch-size", "4", "--device", "cpu", "--no-progress"]) == 0
+    saved = json.loads((tmp_path / "run" / "run.json").read_text())["config"]
+    assert saved["lr"] == 3e-4 and saved["model"]["rope_theta"] == 1e6
+    assert main(pretrain(packed_train, tmp_path / "other", "--steps", "1", "--set", "lr=5e-4")) == 0
+    assert json.loads((tmp_path / "other" / "run.json").read_text())["config"]["lr"] == 5e-4
+
+
+def test_a_failed_start_does_not_block_the_corrected_command(tmp_path, capsys, packed_train, train_tokenizer):
     out = tmp_path / "run"
     out.mkdir()
     write_json(out / "run.json", {"kind": "pretrain", "identity": {"steps": 99}})  # nothing trained yet
+    shutil.copy(train_tokenizer / "tokenizer.json", out / "tokenizer.json")
+    (out / "metrics.jsonl").write_text('{"step": 0, "eval": {}}\n')  # stopped before its first checkpoint
     assert main(pretrain(packed_train, out, "--steps", "2")) == 0
     assert json.loads((out / "run.json").read_text())["config"]["steps"] == 2
 
@@ -199,6 +214,20 @@ def test_damaged_files_are_one_line_errors(tmp_path, capsys, packed_train):
     assert "is a damaged packed folder" in one_line_error(
         capsys, pretrain(str(damaged), tmp_path / "other", "--steps", "1")
     )
+    (damaged / "pack.json").write_text("[1, 2]")
+    says = one_line_error(capsys, pretrain(str(damaged), tmp_path / "other", "--steps", "1"))
+    assert "is not a ctlab-pack/1 manifest" in says
+
+
+def test_damaged_run_records_are_left_out_or_refused(tmp_path, capsys, packed_train):
+    run = tmp_path / "run"
+    assert main(pretrain(packed_train, run, "--steps", "2")) == 0
+    with open(run / "metrics.jsonl", "a") as f:
+        f.write('{"loss": 1.0}\n[]\n{"step": "x"}\n')
+    assert main(pretrain(packed_train, run, "--steps", "2")) == 0  # lines that are not records are left out
+    assert "step 2: loss" in capsys.readouterr().out
+    (checkpoints(run)[-1][1] / "trainer_state.json").write_text("[]")
+    assert "trainer_state.json is damaged" in one_line_error(capsys, pretrain(packed_train, run, "--steps", "2"))
 
 
 def test_the_run_folder_loads_as_a_tokenizer(tmp_path, packed_train, train_tokenizer):

@@ -197,16 +197,17 @@ def plan_clean(
     if not files:
         raise UserError(f"no input files in {' '.join(inputs)}")
     out = os.path.abspath(out)
-    config = {
+    thresholds = {k: v for k, v in recipe.to_dict().items() if k not in ("name", "description")}
+    identity = {
         # in order (tasks read files[rank::tasks]); sizes catch most inputs changed in place
         "inputs": [[f, os.path.getsize(f)] for f in files],
         "input_format": input_format,
         "tasks": options.tasks,
-        "recipe": recipe.to_dict(),
+        "recipe": thresholds,  # what the recipe does, whatever it is called
     }
     phases = build_phases(recipe, files, out, options.tasks, input_format, progress)
     executors = make_executors(phases, out, options)
-    claim(out, "clean", config)  # last: a run refused above leaves no run.json behind
+    claim(out, "clean", identity, record={"recipe": recipe.to_dict()})  # last: a refused run leaves nothing
     return CleanRun(out, options.kind, executors)
 
 
@@ -291,7 +292,7 @@ class RunStats(PipelineStep):
         self.out = out
 
     def run(self, data=None, rank: int = 0, world_size: int = 1):
-        recipe = json.loads((Path(self.out) / RUN_FILE).read_text(encoding="utf-8"))["identity"]["recipe"]["name"]
+        recipe = json.loads((Path(self.out) / RUN_FILE).read_text(encoding="utf-8"))["recipe"]["name"]
         write_json(Path(self.out) / "stats.json", collect_stats(self.out, recipe))
         return iter(())
 

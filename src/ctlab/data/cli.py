@@ -32,7 +32,10 @@ def _clean(args: argparse.Namespace) -> int:
     print(retention_table(stats))
     if stats["input_docs"] == 0:
         bad = ", ".join(f"{kind} {count}" for kind, count in stats["bad_records"].items()) or "none"
-        raise UserError(f"no documents could be read from the input (bad records: {bad}); check the files and --format")
+        kept = f" (the bad records are in {os.path.join(args.out, 'rejects', 'read')})" if stats["bad_records"] else ""
+        raise UserError(
+            f"no documents could be read from the input (bad records: {bad}); check the files and --format{kept}"
+        )
     print(f"clean documents: {os.path.join(args.out, 'clean')}  rejects: {os.path.join(args.out, 'rejects')}")
     return 0
 

@@ -215,6 +215,9 @@ def _imported_fields(data: dict) -> dict:
     }
     if isinstance(fields["eos_token_id"], list):
         fields["eos_token_id"] = fields["eos_token_id"][0]
+    for name in ("bos_token_id", "eos_token_id", "pad_token_id"):  # transformers allows -1 and the like
+        if not (isinstance(fields[name], int) and 0 <= fields[name] < fields["vocab_size"]):
+            fields[name] = None
     if model_type == "qwen2_moe":
         fields.update(
             ffn="moe",
@@ -304,18 +307,18 @@ def read_weights(
         raise UserError(f"{folder} lacks the weight {err.args[0]} its config.json calls for") from None
 
 
-def load_model(path: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype | None = None) -> Decoder:
+def load_model(path: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32) -> Decoder:
     """The model of a checkpoint folder, of a run folder (its latest checkpoint), or of a
     Hugging Face checkpoint of a supported architecture (Llama, Qwen2, Qwen2-MoE).
 
-    The decoder is built on the meta device and takes the file's tensors as its parameters
-    (on ``device``, cast to ``dtype`` when given): no random initialisation, no second copy.
+    The decoder is built on the meta device and takes the file's tensors as its parameters, on
+    ``device`` and in ``dtype`` whatever the file holds (fp32 unless asked): no random
+    initialisation, no second copy.
     """
     folder = latest_checkpoint(path)
     config = config_from_hf(read_json(folder / "config.json", "a model checkpoint"))
     state = read_weights(folder, config, device)
-    if dtype is not None:
-        state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}
+    state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}
     with torch.device("meta"):
         model = Decoder(config)
     try:

@@ -96,9 +96,9 @@ class PackedDataset:
         if not path.is_file():
             raise UserError(f"{folder} is not a packed folder (no {PACK_MANIFEST}; make one with `ctlab data pack`)")
         self.manifest = read_json(path, "a packed folder")
+        if not isinstance(self.manifest, dict) or self.manifest.get("format") != PACK_FORMAT:
+            raise UserError(f"{path} is not a {PACK_FORMAT} manifest: pack the tokens again")
         try:
-            if self.manifest.get("format") != PACK_FORMAT:
-                raise UserError(f"{path} has format {self.manifest.get('format')!r}, expected {PACK_FORMAT!r}")
             self.store = TokenStore(self.manifest["tokens"])
             if file_digest(self.store.folder / MANIFEST) != self.manifest["tokens_manifest_sha256"]:
                 raise UserError(f"{self.manifest['tokens']} changed since {folder} was packed: pack it again")
@@ -109,7 +109,7 @@ class PackedDataset:
                 np.load(self.folder / "chunk_lengths.npy", mmap_mode="r"),
                 np.load(self.folder / "sequence_offsets.npy", mmap_mode="r"),
             )
-        except (AttributeError, KeyError, TypeError, OSError, ValueError) as err:
+        except (KeyError, TypeError, OSError, ValueError) as err:
             raise UserError(f"{folder} is a damaged packed folder ({err!r}): pack it again") from None
         self.fingerprint = file_digest(path)  # what the packing is: tokens, their digest, seq_len, strategy
 

@@ -29,7 +29,7 @@ from tqdm import tqdm
 from ctlab.data.readers import BadRecord, CorpusReader, corpus_files
 from ctlab.errors import UserError
 from ctlab.report.tables import text_table
-from ctlab.runs import atomic_write, claim, file_digest, read_json, save_npy, write_json
+from ctlab.runs import RUN_FILE, atomic_write, claim, file_digest, read_json, save_npy, write_json
 from ctlab.tokens.store import FORMAT, MANIFEST
 
 BATCH_DOCUMENTS = 512
@@ -310,7 +310,8 @@ def tokenize(
     info = TokenizerInfo.load(tokenizer_dir)
     out_dir = Path(out)
     run = {"format": FORMAT, "tokenizer_sha256": info.sha256, "text_key": text_key}
-    if claim(out_dir, "tokenize", {**run, "sources": {s.name: s.files for s in sources}}).resumed:
+    resumed = claim(out_dir, "tokenize", {**run, "sources": {s.name: s.files for s in sources}}).resumed
+    if resumed:
         for leftover in (out_dir / "shards").glob(".tmp.*"):  # a killed run's partial files
             leftover.unlink(missing_ok=True)
     (out_dir / "shards").mkdir(exist_ok=True)
@@ -338,6 +339,9 @@ def tokenize(
     empty = [e["name"] for e in entries if e["documents"] == 0]
     if empty:
         bad = {e["name"]: e["bad_records"] for e in entries if e["name"] in empty}
+        if not resumed:  # this call wrote it all and found nothing to keep: leave the folder as it was
+            shutil.rmtree(out_dir / "shards")
+            (out_dir / RUN_FILE).unlink()
         raise UserError(f"source(s) {', '.join(empty)} hold no documents (bad records: {bad}); check --text-key")
     chosen = choose_mix([{"weight": s.weight, "lengths": n} for s, n in zip(sources, lengths, strict=True)], seed)
     (out_dir / MANIFEST).unlink(missing_ok=True)  # the folder is incomplete until the new manifest is written

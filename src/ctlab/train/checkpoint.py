@@ -90,7 +90,11 @@ def load_training_state(folder: Path | None, model: Decoder, optimizer: torch.op
             raise UserError(f"{folder / 'optimizer.pt'} is damaged or missing ({err})") from None
     options = StateDictOptions(full_state_dict=True, broadcast_from_rank0=True) if distributed else StateDictOptions()
     set_optimizer_state_dict(model, optimizer, optimizer_state, options=options)
-    trainer_state = [None if folder is None else read_json(folder / "trainer_state.json", "a training checkpoint")]
+    trainer_state = [None]
+    if folder is not None:
+        trainer_state[0] = read_json(folder / "trainer_state.json", "a training checkpoint")
+        if not isinstance(trainer_state[0], dict) or not {"step", "tokens_seen", "data"} <= trainer_state[0].keys():
+            raise UserError(f"{folder / 'trainer_state.json'} is damaged (not the state this version writes)")
     if distributed:
         dist.broadcast_object_list(trainer_state, src=0)
     return trainer_state[0]

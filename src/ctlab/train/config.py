@@ -17,7 +17,8 @@ from pydantic import Field, NonNegativeFloat, NonNegativeInt, PositiveFloat, Pos
 
 from ctlab.config import ConfigError, Fraction, config, parse, put, read_yaml, set_key, to_dict
 
-RUNTIME_FIELDS = ("device", "parallel", "compile")
+# how a run is executed and recorded, not what it computes: a run may resume with other values
+RUNTIME_FIELDS = ("device", "parallel", "compile", "log_every", "eval_every", "checkpoint_every", "keep_every")
 
 
 @config
@@ -91,6 +92,8 @@ class PretrainConfig(LoopConfig):
             # a layer that every sample of one rank skips would leave that rank out of the
             # layer's parameter gathering and gradient reduction while the others take part
             problems.append("layerskip.p_max > 0 needs parallel: ddp (FSDP shards must be gathered on every rank)")
+        if self.replay_data and not self.replay_ratio:
+            problems.append("replay_data needs replay_ratio above 0 (the share of each batch drawn from it)")
         if self.replay_ratio > 0:
             rows = round(self.batch_size * self.replay_ratio)
             if not self.replay_data:

@@ -35,7 +35,7 @@ from tqdm import tqdm
 
 from ctlab.model.hf import copy_tokenizer, tokenizer_files
 from ctlab.report.plots import loss_curve
-from ctlab.runs import Metrics, checkpoint_dir, checkpoints, claim
+from ctlab.runs import METRICS_FILE, Metrics, checkpoint_dir, checkpoints, claim
 from ctlab.train.checkpoint import load_training_state, load_weights, save_checkpoint
 from ctlab.train.config import LoopConfig
 from ctlab.train.distributed import Distributed, gradient_sync, parallel_mode, parallelise
@@ -154,7 +154,8 @@ def _start(objective: Objective, config: LoopConfig, env: Distributed) -> Path |
     run = Path(config.out)
     resume = None
     if env.main:
-        setup = [path.name for path in tokenizer_files(objective.tokenizer_dir)]
+        # what a start writes before any step: a folder holding only these took no step worth resuming
+        setup = [METRICS_FILE, "loss.png", *(path.name for path in tokenizer_files(objective.tokenizer_dir))]
         identity = {**config.identity(), **objective.identity()}
         claim(run, objective.kind, identity, record=objective.record(), setup=setup)
         copy_tokenizer(objective.tokenizer_dir, run)
@@ -243,7 +244,7 @@ def fit(objective: Objective, config: LoopConfig, env: Distributed, progress: bo
     bar.close()
     if env.main:
         loss_curve(metrics.read(), Path(config.out) / "loss.png", objective.title)
-    return last or final_metrics(config.out)
+    return last or final_metrics(config.out) or {"step": step, "eval": {}}
 
 
 def final_metrics(run: str | Path) -> dict:
@@ -260,7 +261,7 @@ def final_metrics(run: str | Path) -> dict:
 def summary(run: str | Path, final: dict) -> str:
     """``step N: loss X, NAME ppl A at step 0 -> B, ...``: the closing line of a run."""
     before = next((r["eval"] for r in Metrics(run).read() if r["step"] == 0 and "eval" in r), {})
-    line = f"step {final['step']}: loss {final['loss']:.4f}"
+    line = f"step {final['step']}: " + (f"loss {final['loss']:.4f}" if "loss" in final else "no training step logged")
     for name, result in final.get("eval", {}).items():
         start = f"{before[name]['ppl']:.2f} at step 0 -> " if name in before else ""
         line += f", {name} ppl {start}{result['ppl']:.2f}"

@@ -108,12 +108,13 @@ class Pretraining(Objective):
         if self.batches.replay is not None:
             data.check_tokenizer(f"replay_data {config.replay_data}", self.batches.replay.dataset.tokenizer["sha256"])
         self.model = self._build_model(data)
-        if data.seq_len > self.model.config.max_position_embeddings:
-            raise UserError(
-                f"{config.data} holds sequences of {data.seq_len:,} tokens, longer than the model's context "
-                f"of {self.model.config.max_position_embeddings:,}: pack shorter sequences or raise "
-                "model.max_position_embeddings"
-            )
+        context = self.model.config.max_position_embeddings
+        for dataset in [data, *self.eval_sets.values()]:
+            if dataset.seq_len > context:
+                raise UserError(
+                    f"{dataset.folder} holds sequences of {dataset.seq_len:,} tokens, longer than the model's "
+                    f"context of {context:,}: pack shorter sequences or raise model.max_position_embeddings"
+                )
         self.unused_parameters = config.layerskip.p_max > 0  # a layer every sample of a rank skips
         self._routers: list = []
         self._aux = 0.0
@@ -146,6 +147,7 @@ class Pretraining(Objective):
         """The data by what it holds, not where it lies: a moved or copied run still matches."""
         replay = self.batches.replay
         return {
+            "preset": self.config.preset or (None if self.config.init_from else "tiny"),
             "data": self.batches.main.dataset.fingerprint,
             "eval_data": {name: dataset.fingerprint for name, dataset in self.eval_sets.items()},
             "replay_data": None if replay is None else replay.dataset.fingerprint,
