@@ -1,7 +1,8 @@
 """The ``ctlab`` command: the entry point, and nothing else.
 
-Each stage registers its own subcommands (``register(parser)`` in the module named in
-:data:`STAGES`), imported only when that stage is asked for, so ``ctlab --help`` stays fast.
+Each stage registers its own subcommands (``register(...)`` in the modules named in
+:data:`GROUPS` and :data:`COMMANDS`), imported only when that command is asked for, so
+``ctlab --help`` stays fast.
 A :class:`ctlab.errors.UserError` is printed as one line ``ctlab: error: ...`` with exit
 status 2; any other exception is a bug and shows its traceback (exit status 1).
 """
@@ -15,13 +16,16 @@ import sys
 from ctlab import __version__
 from ctlab.errors import UserError
 
-STAGES = {  # command → (module with register(parser), help)
-    "demo": ("ctlab.demo", "run the main job on built-in data"),
-    "data": ("ctlab.data.cli", "stages 1 and 3: web data → clean corpus → token shards → packed sequences"),
-    "tokenizer": ("ctlab.tokenizer.cli", "stage 2: train and compare tokenizers"),
-    "train": ("ctlab.train.cli", "stage 4: pretrain models"),
-    "eval": ("ctlab.eval.cli", "stage 7: evaluate models"),
+GROUPS = {  # command → (help, the modules that register its subcommands with register(commands))
+    "data": (
+        "stages 1 and 3: web data → clean corpus → token shards → packed sequences",
+        ("ctlab.data.cli", "ctlab.tokens.cli"),
+    ),
+    "tokenizer": ("stage 2: train and compare tokenizers", ("ctlab.tokenizer.cli",)),
+    "train": ("stage 4: pretrain models", ("ctlab.train.cli",)),
+    "eval": ("stage 7: evaluate models", ("ctlab.eval.cli",)),
 }
+COMMANDS = {"demo": ("run the main job on built-in data", "ctlab.demo")}  # command → (help, register(parser))
 
 
 def build_parser(argv: list[str]) -> argparse.ArgumentParser:
@@ -30,10 +34,15 @@ def build_parser(argv: list[str]) -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"ctlab {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     chosen = next((arg for arg in argv if not arg.startswith("-")), None)
-    for name, (module, text) in STAGES.items():
-        stage = commands.add_parser(name, help=text, description=text[0].upper() + text[1:] + ".")
+    for name, (text, module) in COMMANDS.items():
+        command = commands.add_parser(name, help=text)
         if name == chosen:
-            importlib.import_module(module).register(stage)
+            importlib.import_module(module).register(command)
+    for name, (text, modules) in GROUPS.items():
+        group = commands.add_parser(name, help=text, description=text[0].upper() + text[1:] + ".")
+        subcommands = group.add_subparsers(dest=f"{name}_command", metavar="COMMAND", required=True)
+        for module in modules if name == chosen else ():
+            importlib.import_module(module).register(subcommands)
     return parser
 
 

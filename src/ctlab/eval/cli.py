@@ -19,8 +19,7 @@ def _early_exit(args: argparse.Namespace) -> int:
     return 0
 
 
-def register(parser: argparse.ArgumentParser) -> None:
-    commands = parser.add_subparsers(dest="eval_command", metavar="COMMAND", required=True)
+def register(commands: argparse._SubParsersAction) -> None:
     early_exit = commands.add_parser(
         "early-exit",
         help="perplexity when exiting after each layer (LayerSkip)",

@@ -37,10 +37,9 @@ def _compare(args: argparse.Namespace) -> int:
     return 0
 
 
-def register(parser: argparse.ArgumentParser) -> None:
+def register(commands: argparse._SubParsersAction) -> None:
     from ctlab.tokenizer.compare import REFERENCE_TOKENIZERS
 
-    commands = parser.add_subparsers(dest="tokenizer_command", metavar="COMMAND", required=True)
     train = commands.add_parser(
         "train",
         help="train a byte-level BPE tokenizer on a corpus",

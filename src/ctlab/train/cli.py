@@ -36,10 +36,9 @@ def _pretrain(args: argparse.Namespace) -> int:
     return 0
 
 
-def register(parser: argparse.ArgumentParser) -> None:
+def register(commands: argparse._SubParsersAction) -> None:
     from ctlab.model.config import PRESETS
 
-    commands = parser.add_subparsers(dest="train_command", metavar="COMMAND", required=True)
     pretrain = commands.add_parser(
         "pretrain",
         help="pretrain a model on packed data (resumes a killed run; runs under torchrun for data parallelism)",

@@ -3,8 +3,8 @@
 Each is a :func:`ctlab.config.config` dataclass read from YAML, overridable with
 ``--set KEY=VALUE``, and saved resolved into the run folder's ``run.json``. A run resumes
 only under the same *identity* (every field but those in ``RUNTIME_FIELDS`` and ``out``), so
-it may continue on another device, under another parallelism or compiled, but not with other
-settings, and a copied run folder resumes where it was copied to.
+it may continue on another device, under another parallelism, compiled, or logging and saving
+at another pace, but not with other settings; a copied run folder resumes where it was copied to.
 """
 
 from __future__ import annotations
