@@ -42,7 +42,7 @@ from ctlab.data.recipes import Recipe
 from ctlab.data.steps import AtomicJsonlWriter, CleanWriter, RejectsWriter
 from ctlab.errors import UserError
 from ctlab.report.tables import text_table
-from ctlab.runs import RUN_FILE, claim, write_json
+from ctlab.runs import RUN_FILE, claim, read_json, write_json
 
 EXECUTORS = ("local", "slurm", "ray")
 
@@ -292,7 +292,7 @@ class RunStats(PipelineStep):
         self.out = out
 
     def run(self, data=None, rank: int = 0, world_size: int = 1):
-        recipe = json.loads((Path(self.out) / RUN_FILE).read_text(encoding="utf-8"))["recipe"]["name"]
+        recipe = read_json(Path(self.out) / RUN_FILE, "a ctlab clean folder")["recipe"]["name"]
         write_json(Path(self.out) / "stats.json", collect_stats(self.out, recipe))
         return iter(())
 

@@ -61,7 +61,6 @@ def _builtin(args: argparse.Namespace) -> int:
 
 
 def register(commands: argparse._SubParsersAction) -> None:
-
     clean = commands.add_parser(
         "clean",
         help="clean WARC / JSONL / Parquet input with a recipe",

@@ -35,13 +35,11 @@ def packed_batches(data: str | Path | PackedDataset, batch_size: int, batches: i
 def text_batches(tokenizer_dir: str | Path, texts: list[str], batch_size: int = 8) -> Iterator[dict]:
     """``texts`` as batches of ``batch_size`` rows ``[BOS] text [EOS]`` (text tokenised as
     ordinary text, special-token look-alikes included), padded with the pad id."""
-    from tokenizers import Tokenizer
-
+    from ctlab.tokenizer.load import read_tokenizer
     from ctlab.tokens.tokenize import TokenizerInfo
 
     info = TokenizerInfo.load(str(tokenizer_dir))
-    tokenizer = Tokenizer.from_file(info.path)
-    tokenizer.encode_special_tokens = True
+    tokenizer = read_tokenizer(info.path)
     prefix = [] if info.bos_id is None else [info.bos_id]
     for start in range(0, len(texts), batch_size):
         encoded = tokenizer.encode_batch_fast(texts[start : start + batch_size], add_special_tokens=False)

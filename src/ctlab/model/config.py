@@ -50,7 +50,7 @@ class ModelConfig:
 
     def __post_init__(self) -> None:
         if self.head_dim is None:
-            self.head_dim = max(self.hidden_size // self.num_heads, 1)
+            self.head_dim = self.derived_head_dim()
 
     @model_validator(mode="after")
     def _consistent(self) -> ModelConfig:
@@ -70,6 +70,10 @@ class ModelConfig:
             raise ValueError("; ".join(problems))
         return self
 
+    def derived_head_dim(self) -> int:
+        """The head width when none is given: the hidden size split over the heads."""
+        return max(self.hidden_size // self.num_heads, 1)
+
     def is_sparse(self, layer: int) -> bool:
         """Whether layer ``layer`` (0-based) has a routed feed-forward (Qwen2-MoE's placement rule)."""
         return self.ffn != "dense" and layer not in self.mlp_only_layers and (layer + 1) % self.decoder_sparse_step == 0
@@ -85,7 +89,7 @@ class ModelConfig:
     def replace(self, **changes) -> ModelConfig:
         """A copy with ``changes``, validated as a user's settings are (a :class:`ConfigError`
         names the field); a head_dim that was derived is derived again from the new shape."""
-        if "head_dim" not in changes and self.head_dim == max(self.hidden_size // self.num_heads, 1):
+        if "head_dim" not in changes and self.head_dim == self.derived_head_dim():
             changes["head_dim"] = None
         return parse(ModelConfig, overlay(self, changes), "model")
 

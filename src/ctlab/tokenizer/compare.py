@@ -30,6 +30,7 @@ from ctlab.errors import UserError
 from ctlab.report.plots import new_figure, save_png
 from ctlab.report.tables import text_table
 from ctlab.runs import claim, write_json
+from ctlab.tokenizer.load import read_tokenizer
 
 REFERENCE_TOKENIZERS: tuple[str, ...] = ("Qwen", "Qwen3.6", "DeepSeek", "cl100k")
 _QWEN_MODELS = {"Qwen": "qwen-7b-chat", "Qwen3.6": "qwen3.6-27b"}
@@ -81,13 +82,8 @@ def _tiktoken_encoder(name: str, encoding: Any, normalize: bool = False) -> _Enc
 
 
 def _hf_encoder(name: str, path: str | Path) -> _Encoder:
-    from tokenizers import Tokenizer
 
-    try:
-        tokenizer = Tokenizer.from_file(str(path))
-    except Exception as err:  # the Rust library raises a bare Exception for a bad file
-        raise UserError(f"{path} is not a valid tokenizer ({err})") from None
-    tokenizer.encode_special_tokens = True  # "<|endoftext|>" in the text counts as the characters it is
+    tokenizer = read_tokenizer(path)  # "<|endoftext|>" in the text counts as the characters it is
 
     def count(texts: list[str]) -> int:
         return sum(len(e.ids) for e in tokenizer.encode_batch(texts, add_special_tokens=False))

@@ -30,6 +30,7 @@ from ctlab.data.readers import BadRecord, CorpusReader, corpus_files
 from ctlab.errors import UserError
 from ctlab.report.tables import text_table
 from ctlab.runs import RUN_FILE, atomic_write, claim, file_digest, read_json, save_npy, write_json
+from ctlab.tokenizer.load import read_tokenizer
 from ctlab.tokens.store import FORMAT, MANIFEST
 
 BATCH_DOCUMENTS = 512
@@ -89,8 +90,6 @@ class TokenizerInfo:
 
     @classmethod
     def load(cls, folder: str) -> TokenizerInfo:
-        from tokenizers import Tokenizer
-
         tokenizer_json = Path(folder, "tokenizer.json")
         if not tokenizer_json.is_file():
             raise UserError(f"{folder} holds no tokenizer.json (train one with `ctlab tokenizer train`)")
@@ -98,10 +97,7 @@ class TokenizerInfo:
         config = read_json(config_path, "a tokenizer folder") if config_path.is_file() else {}
         if not isinstance(config, dict):
             raise UserError(f"{config_path} is not a mapping of settings")
-        try:
-            tokenizer = Tokenizer.from_file(str(tokenizer_json))
-        except Exception as err:  # the Rust library raises a bare Exception for a bad file
-            raise UserError(f"{tokenizer_json} is not a valid tokenizer ({err})") from None
+        tokenizer = read_tokenizer(tokenizer_json)
 
         def special(key: str) -> int | None:
             token = config.get(key)
@@ -133,10 +129,7 @@ def _init_worker(tokenizer_json: str, threads: int | None) -> None:
     if threads is not None:  # before tokenizers starts its thread pool in this process
         os.environ["RAYON_NUM_THREADS"] = str(threads)
     global _worker_tokenizer
-    from tokenizers import Tokenizer
-
-    _worker_tokenizer = Tokenizer.from_file(tokenizer_json)
-    _worker_tokenizer.encode_special_tokens = True  # "<|endoftext|>" in a document is text, not EOS
+    _worker_tokenizer = read_tokenizer(tokenizer_json)  # "<|endoftext|>" in a document is text, not EOS
 
 
 def tokenize_file(

@@ -20,7 +20,7 @@ from ctlab.eval.score import packed_batches, perplexity
 from ctlab.model.config import preset
 from ctlab.model.decoder import Decoder, DecoderOutput
 from ctlab.model.hf import load_model
-from ctlab.runs import file_digest, latest_checkpoint
+from ctlab.runs import latest_checkpoint
 from ctlab.tokens.loader import PackedLoader
 from ctlab.tokens.packed import IGNORE_INDEX, PackedDataset, tokenizer_sha256
 from ctlab.train import layerskip
@@ -98,10 +98,9 @@ class Pretraining(Objective):
         self.config = config
         self.batches = PackedBatches(config, env)  # a bad --data is refused before the run folder is touched
         data = self.batches.main.dataset
-        tokenizer_json = Path(data.tokenizer["path"])
-        if not tokenizer_json.is_file() or file_digest(tokenizer_json) != data.tokenizer["sha256"]:
-            raise UserError(f"{tokenizer_json} is not the tokenizer {config.data} was tokenised with")
-        self.tokenizer_dir = str(tokenizer_json.parent)
+        self.tokenizer_dir = str(Path(data.tokenizer["path"]).parent)
+        if tokenizer_sha256(self.tokenizer_dir) != data.tokenizer["sha256"]:
+            raise UserError(f"{data.tokenizer['path']} is not the tokenizer {config.data} was tokenised with")
         self.eval_sets = {name: PackedDataset(path) for name, path in config.eval_data.items()}
         for name, dataset in self.eval_sets.items():
             data.check_tokenizer(f"the held-out set {name} ({dataset.folder})", dataset.tokenizer["sha256"])
