@@ -1,4 +1,4 @@
-"""The decoder on its own: packed documents, the KV cache, layer skipping, hand-made MoE routing,
+"""The decoder on its own: packed documents, layer skipping, hand-made MoE routing,
 config validation and parameter counts."""
 
 import copy
@@ -10,9 +10,9 @@ from tiny_models import VOCAB, tiny
 
 from ctlab.config import ConfigError
 from ctlab.errors import UserError
+from ctlab.model.cache import KVCache
 from ctlab.model.config import ModelConfig, preset
 from ctlab.model.decoder import Decoder
-from ctlab.model.layers import KVCache
 from ctlab.model.moe import MultiHeadMoE, SparseMoE, load_balancing_loss
 
 ATOL = 1e-5
@@ -64,50 +64,6 @@ def test_plain_position_ids_equal_default():
         torch.testing.assert_close(
             model(x).logits, model(x, position_ids=torch.arange(13).expand(2, 13)).logits, atol=0, rtol=0
         )
-
-
-# ---------------------------------------------------------------- KV cache
-
-
-@pytest.mark.parametrize("kind", ["dense", "moe"])
-@pytest.mark.parametrize("chunk", [1, 3])
-def test_kv_cache_matches_full_forward(kind, chunk):
-    model = model_of(kind)
-    x = ids(2, 14)
-    prompt = 5
-    with torch.no_grad():
-        full = model(x).logits
-        cache = KVCache(model.config.num_layers)
-        out = model(x[:, :prompt], cache=cache).logits
-        torch.testing.assert_close(out, full[:, :prompt], atol=ATOL, rtol=0)
-        for start in range(prompt, x.shape[1], chunk):
-            end = min(start + chunk, x.shape[1])
-            out = model(x[:, start:end], cache=cache).logits
-            assert len(cache) == end
-            torch.testing.assert_close(out[:, -1], full[:, end - 1], atol=ATOL, rtol=0)
-            torch.testing.assert_close(out, full[:, start:end], atol=ATOL, rtol=0)
-
-
-def test_kv_cache_crop_and_refeed():
-    model = model_of("dense")
-    x = ids(2, 12)
-    other = ids(2, 4)
-    with torch.no_grad():
-        full = model(x).logits
-        branch = model(torch.cat([x[:, :8], other], dim=1)).logits
-        cache = KVCache(model.config.num_layers)
-        model(x, cache=cache)
-        assert len(cache) == 12
-        cache.crop(8)
-        assert len(cache) == 8
-        assert all(k.shape[2] == 8 and v.shape[2] == 8 for k, v in zip(cache.keys, cache.values, strict=True))
-        # the dropped positions again: the same logits
-        torch.testing.assert_close(model(x[:, 8:], cache=cache).logits, full[:, 8:], atol=ATOL, rtol=0)
-        # a different continuation: that of a full forward on it, token by token
-        cache.crop(8)
-        for i in range(4):
-            out = model(other[:, i : i + 1], cache=cache).logits
-            torch.testing.assert_close(out[:, -1], branch[:, 8 + i], atol=ATOL, rtol=0)
 
 
 # ---------------------------------------------------------------- skip and hidden states
@@ -435,7 +391,7 @@ def test_an_input_longer_than_the_context_is_refused():
         assert model(torch.zeros(1, 16, dtype=torch.long)).logits.shape == (1, 16, VOCAB)
         with pytest.raises(UserError, match="an input of 17 positions is longer than the model's context of 16"):
             model(torch.zeros(1, 17, dtype=torch.long))
-        cache = KVCache(model.config.num_layers)
+        cache = KVCache.for_model(model, 1, 20)
         model(torch.zeros(1, 15, dtype=torch.long), cache=cache)
         model(torch.zeros(1, 1, dtype=torch.long), cache=cache)
         with pytest.raises(UserError, match="17 positions"):

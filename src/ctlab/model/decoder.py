@@ -2,8 +2,10 @@
 
 The layers, the final norm and the head are public (``layers``, ``norm``, ``lm_head``,
 ``exit_logits``) so that early exit, layer dropout, cache compression and speculative decoding
-work on the model as it is. ``forward`` can skip layers per sample (``skip``: LayerSkip's
-layer dropout) and return every layer's output (``output_hidden_states``: early-exit losses).
+work on the model as it is. ``run_layers`` runs any range of layers, on a
+:class:`~ctlab.model.cache.KVCache` or without one; ``forward`` makes logits only where asked,
+can skip layers per sample (``skip``: LayerSkip's layer dropout) and return every layer's
+output (``output_hidden_states``: early-exit losses).
 """
 
 from __future__ import annotations
@@ -14,16 +16,28 @@ import torch
 from torch import nn
 
 from ctlab.errors import UserError
+from ctlab.model.cache import KVCache
 from ctlab.model.config import ModelConfig
-from ctlab.model.layers import Attention, KVCache, RMSNorm, SwiGLU, document_mask, rotary_tables
+from ctlab.model.layers import Attention, RMSNorm, SwiGLU, document_mask, rotary_tables
 from ctlab.model.moe import MultiHeadMoE, RouterStats, SparseMoE, load_balancing_loss
 
 
 @dataclass
+class LayersOutput:
+    """hidden: the last layer's output (B, T, d); hidden_states: the input and every layer's
+    output when asked for; router: each routed layer's statistics (None where all skipped)."""
+
+    hidden: torch.Tensor
+    hidden_states: list[torch.Tensor] | None
+    router: list[RouterStats | None]
+
+
+@dataclass
 class DecoderOutput:
-    """logits: (B, T, V); hidden_states: the input embeddings and every layer's output, each
-    (B, T, d), when asked for; aux_loss: the load-balancing loss (0 for a dense model);
-    router: each routed layer's statistics, None for one that every sample skipped."""
+    """logits: (B, T, V), or (B, K, V) for K asked positions; hidden_states: the input
+    embeddings and every layer's output, each (B, T, d), when asked for; aux_loss: the
+    load-balancing loss (0 for a dense model); router: each routed layer's statistics, None
+    for one that every sample skipped."""
 
     logits: torch.Tensor
     hidden_states: list[torch.Tensor] | None
@@ -44,9 +58,9 @@ class DecoderLayer(nn.Module):
         else:
             self.ffn = MultiHeadMoE(config)
 
-    def forward(self, x, rotary, mask, cache) -> tuple[torch.Tensor, RouterStats | None]:
+    def forward(self, x, rotary, mask, cache=None, positions=None) -> tuple[torch.Tensor, RouterStats | None]:
         """x (B, T, d) → (B, T, d) and the routing statistics of a routed layer."""
-        x = x + self.attention(self.input_norm(x), rotary, mask, cache)
+        x = x + self.attention(self.input_norm(x), rotary, mask, cache, positions)
         out = self.ffn(self.ffn_norm(x))
         if isinstance(out, tuple):
             return x + out[0], out[1]
@@ -82,44 +96,71 @@ class Decoder(nn.Module):
         cache: KVCache | None = None,
         skip: torch.Tensor | None = None,
         output_hidden_states: bool = False,
+        logits_index: torch.Tensor | None = None,
     ) -> DecoderOutput:
-        """input_ids (B, T); position_ids (B, T), restarting at 0 at each document of a packed row
-        (default: 0..T-1 after the cache); skip (num_layers, B) bool: samples that bypass a layer
-        (training only: not with a cache)."""
+        """input_ids (B, T) through every layer. position_ids (B, T): without a cache they restart
+        at 0 at each document of a packed row (default 0..T-1); with one, the positions of the
+        new tokens (default: each row's next). skip (num_layers, B) bool: samples that bypass a
+        layer (training only: not with a cache). logits_index (B, K): the positions among the T
+        whose logits are made (default all; the last one is enough at prefill)."""
+        run = self.run_layers(self.embed_tokens(input_ids), position_ids, cache, 0, None, skip, output_hidden_states)
+        hidden = run.hidden
+        if logits_index is not None:
+            hidden = hidden.gather(1, logits_index[..., None].expand(-1, -1, hidden.shape[-1]))
+        logits = self.exit_logits(hidden)
+        routed = [s for s in run.router if s is not None]
+        aux = load_balancing_loss(routed, self.config.num_experts) if routed else logits.new_zeros(())
+        return DecoderOutput(logits, run.hidden_states, aux, run.router)
+
+    def run_layers(
+        self,
+        x: torch.Tensor,
+        position_ids: torch.Tensor | None = None,
+        cache: KVCache | None = None,
+        start: int = 0,
+        stop: int | None = None,
+        skip: torch.Tensor | None = None,
+        output_hidden_states: bool = False,
+    ) -> LayersOutput:
+        """x (B, T, d) — the embeddings, or layer ``start - 1``'s output — through layers
+        [start, stop) (default to the last). LayerSkip drafts with layers [0, E) and verifies
+        from E on the same cache; :meth:`exit_logits` turns any layer's output into logits."""
+        stop = len(self.layers) if stop is None else stop
         if skip is not None and cache is not None:
             raise ValueError("layer skipping is for training: it cannot be combined with a KV cache")
-        past = 0 if cache is None else len(cache)
-        if past + input_ids.shape[1] > self.config.max_position_embeddings:
+        length = x.shape[1]
+        last = length  # the positions a forward reaches (explicit positions with a cache: the caller's check)
+        if cache is not None and position_ids is None:
+            position_ids = cache.next_positions(length, start)
+            last = int(cache.end[start].max(initial=0)) + length
+        if last > self.config.max_position_embeddings:
             raise UserError(
-                f"an input of {past + input_ids.shape[1]:,} positions is longer than the model's context "
+                f"an input of {last:,} positions is longer than the model's context "
                 f"of {self.config.max_position_embeddings:,} (max_position_embeddings)"
             )
         if position_ids is None:
-            position_ids = torch.arange(past, past + input_ids.shape[1], device=input_ids.device).expand_as(input_ids)
-        x = self.embed_tokens(input_ids)
+            position_ids = torch.arange(length, device=x.device).expand(x.shape[0], length)
         rotary = rotary_tables(position_ids, self.config.head_dim, self.config.rope_theta, x.dtype)
-        mask = document_mask(position_ids, past)
+        mask = document_mask(position_ids) if cache is None else None
         hidden = [x] if output_hidden_states else None
         router: list[RouterStats | None] = []
-        for i, layer in enumerate(self.layers):
+        for i in range(start, stop):
+            layer = self.layers[i]
             if skip is None or not skip[i].any():
-                x, stats = layer(x, rotary, mask, cache)
+                x, stats = layer(x, rotary, mask, cache, position_ids)
             else:  # only the samples that keep this layer go through it (and count in its routing)
                 keep = ~skip[i]
                 stats = None
                 if keep.any():
                     kept_mask = None if mask is None else mask[keep]
-                    y, stats = layer(x[keep], (rotary[0][keep], rotary[1][keep]), kept_mask, None)
+                    y, stats = layer(x[keep], (rotary[0][keep], rotary[1][keep]), kept_mask)
                     x = x.clone()
                     x[keep] = y
             if self.config.is_sparse(i):
                 router.append(stats)
             if hidden is not None:
                 hidden.append(x)
-        logits = self.exit_logits(x)
-        routed = [s for s in router if s is not None]
-        aux = load_balancing_loss(routed, self.config.num_experts) if routed else logits.new_zeros(())
-        return DecoderOutput(logits, hidden, aux, router)
+        return LayersOutput(x, hidden, router)
 
     def num_parameters(self, active: bool = False) -> int:
         """All parameters (a tied head counted once), or those a token uses (``active``: routed

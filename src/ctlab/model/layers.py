@@ -1,4 +1,4 @@
-"""The decoder's building blocks: RMSNorm, rotary embedding, attention, SwiGLU, and the KV cache.
+"""The decoder's building blocks: RMSNorm, rotary embedding, attention (with or without a KV cache), SwiGLU.
 
 Attention keeps to each document of a packed sequence: documents are told apart by their
 position ids, which restart at 0 at every document (as the packed loader produces them), and
@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ctlab.model.cache import KVCache
 from ctlab.model.config import ModelConfig
 
 
@@ -43,52 +44,19 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
     return x * cos[:, None] + rotated * sin[:, None]
 
 
-def document_mask(position_ids: torch.Tensor, past: int = 0) -> torch.Tensor | None:
-    """The attention mask for queries at ``position_ids`` (B, T) over ``past`` cached keys plus
-    themselves: (B, 1, T, past + T) bool, True where attention is allowed, or None when every
-    row is one document that starts at the first key (plain causal attention suffices).
-
-    A document starts wherever the position id is 0; cached keys belong to the document of
-    the first query (generation continues one document). None also when a single query
-    continues the cached document (it sees every key).
-    """
+def document_mask(position_ids: torch.Tensor) -> torch.Tensor | None:
+    """The attention mask of a packed batch with ``position_ids`` (B, T): (B, 1, T, T) bool,
+    True where attention is allowed (causal within each document), or None when every row is
+    one document (plain causal attention suffices). A document starts wherever the position
+    id is 0."""
     starts = position_ids == 0
-    if (past == 0 and not starts[:, 1:].any()) or (past > 0 and position_ids.shape[1] == 1 and not starts.any()):
+    if not starts[:, 1:].any():
         return None
-    batch, length = position_ids.shape
+    length = position_ids.shape[1]
     document = torch.cumsum(starts.long(), dim=1)  # (B, T)
-    keys = torch.cat([document[:, :1].expand(batch, past), document], dim=1)  # (B, past + T)
-    same = document[:, :, None] == keys[:, None, :]
-    causal = torch.ones(length, past + length, dtype=torch.bool, device=position_ids.device).tril(past)
+    same = document[:, :, None] == document[:, None, :]
+    causal = torch.ones(length, length, dtype=torch.bool, device=position_ids.device).tril()
     return (same & causal)[:, None]
-
-
-class KVCache:
-    """Keys and values of every layer for the positions seen so far: per layer (B, H_kv, T, D).
-
-    ``crop`` drops the newest positions (a rejected speculation, say).
-    """
-
-    def __init__(self, num_layers: int):
-        self.keys: list[torch.Tensor | None] = [None] * num_layers
-        self.values: list[torch.Tensor | None] = [None] * num_layers
-
-    def __len__(self) -> int:
-        return 0 if self.keys[0] is None else self.keys[0].shape[2]
-
-    def update(self, layer: int, keys: torch.Tensor, values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Append (B, H_kv, T_new, D) keys/values to ``layer``; returns the layer's full keys/values."""
-        if self.keys[layer] is not None:
-            keys = torch.cat([self.keys[layer], keys], dim=2)
-            values = torch.cat([self.values[layer], values], dim=2)
-        self.keys[layer], self.values[layer] = keys, values
-        return keys, values
-
-    def crop(self, length: int) -> None:
-        """Keep the first ``length`` positions of every layer."""
-        for i, (k, v) in enumerate(zip(self.keys, self.values, strict=True)):
-            if k is not None:
-                self.keys[i], self.values[i] = k[:, :, :length], v[:, :, :length]
 
 
 class Attention(nn.Module):
@@ -106,20 +74,35 @@ class Attention(nn.Module):
         x: torch.Tensor,
         rotary: tuple[torch.Tensor, torch.Tensor],
         mask: torch.Tensor | None,
-        cache: KVCache | None,
+        cache: KVCache | None = None,
+        positions: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """x (B, T, d) → (B, T, d). ``mask``: see :func:`document_mask` (None: causal)."""
+        """x (B, T, d) → (B, T, d). Without a cache, ``mask``: see :func:`document_mask` (None:
+        causal). With one, the new keys/values join it at ``positions`` (B, T) and each query
+        sees the cached entries at positions up to its own."""
         batch, length, _ = x.shape
         q, k, v = self.qkv_proj(x).split(self.split, dim=-1)
         q = q.view(batch, length, self.num_heads, self.head_dim).transpose(1, 2)
         k = k.view(batch, length, self.num_kv_heads, self.head_dim).transpose(1, 2)
         v = v.view(batch, length, self.num_kv_heads, self.head_dim).transpose(1, 2)
         q, k = apply_rotary(q, *rotary), apply_rotary(k, *rotary)
-        causal = mask is None and length > 1
-        if cache is not None:
-            causal = causal and cache.keys[self.layer] is None  # one new query sees every cached key
-            k, v = cache.update(self.layer, k, v)
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal, enable_gqa=True)
+        if cache is None:
+            causal = mask is None and length > 1
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal, enable_gqa=True)
+            return self.o_proj(out.transpose(1, 2).reshape(batch, length, -1))
+        k, v, mask, causal = cache.update(self.layer, k, v, positions)
+        if cache.observer is not None:
+            cache.observer(self.layer, q, cache)
+        if causal:
+            out = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
+            return self.o_proj(out.transpose(1, 2).reshape(batch, length, -1))
+        # each KV head's query group as one block of G·T queries: no KV head is repeated
+        group = self.num_heads // self.num_kv_heads
+        q = q.reshape(batch, self.num_kv_heads, group * length, self.head_dim)
+        if mask is not None:
+            mask = mask[:, :, None].expand(-1, -1, group, -1, -1).reshape(batch, self.num_kv_heads, group * length, -1)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        out = out.view(batch, self.num_heads, length, self.head_dim)
         return self.o_proj(out.transpose(1, 2).reshape(batch, length, -1))
 
 

@@ -1,0 +1,285 @@
+"""The inference engine: token ids in, token ids out, many requests sharing one model.
+
+Requests wait in a queue; between decode steps the engine admits them into free rows of one
+preallocated :class:`~ctlab.model.cache.KVCache` (their prompts prefilled in chunks, the
+logits made only at the last position), then decodes one token for every running row in a
+single batched forward, and lets finished rows go (the last running row moves into the
+freed one, so running rows stay [0, n) and a decode step reads contiguous rows). That is
+continuous batching: a server's clients share the model, and a request that arrives while
+others decode starts at the next step.
+
+A KV policy (:mod:`ctlab.infer.policies`) may watch each layer's queries and evict entries
+after a prefill and after each step. ``add`` and ``cancel`` may be called from any thread;
+``step`` from one.
+"""
+
+from __future__ import annotations
+
+import itertools
+import queue
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import torch
+
+from ctlab.errors import UserError
+from ctlab.infer.policies import FullCache, KVPolicy
+from ctlab.infer.sampling import SamplingParams, choose
+from ctlab.model.cache import KVCache
+from ctlab.model.decoder import Decoder
+
+
+@dataclass
+class Request:
+    """One generation: its prompt, its parameters, and what it has produced so far.
+
+    finish_reason: None while running; "stop" (an end or stop token: not kept in ``output``),
+    "length" (max_new_tokens or the model's context), "cancelled".
+    """
+
+    id: int
+    prompt: list[int]
+    params: SamplingParams
+    output: list[int] = field(default_factory=list)
+    finish_reason: str | None = None
+    row: int | None = None
+    generator: torch.Generator | None = None
+    submitted: float = field(default_factory=time.perf_counter)
+    first_token_at: float | None = None
+    finished_at: float | None = None
+    kv_bytes: int = 0  # the KV bytes the request's row held after its prefill and policy
+    full_kv_bytes: int = 0  # what a full cache would hold for the same tokens
+    events: queue.SimpleQueue = field(default_factory=queue.SimpleQueue, repr=False)
+
+    @property
+    def done(self) -> bool:
+        return self.finish_reason is not None
+
+    def tokens(self, timeout: float | None = None) -> Iterator[int]:
+        """The request's new tokens as the engine produces them (for a thread other than the
+        one stepping the engine); ends when the request finishes."""
+        while True:
+            token = self.events.get(timeout=timeout)
+            if token is None:
+                return
+            yield token
+
+
+@dataclass
+class Stats:
+    """Counters of an engine since it was made."""
+
+    prompt_tokens: int = 0
+    new_tokens: int = 0
+    forwards: int = 0  # model forwards (prefill chunks and decode steps)
+    decode_seconds: float = 0.0
+    prefill_seconds: float = 0.0
+
+
+class Engine:
+    def __init__(
+        self,
+        model: Decoder,
+        *,
+        max_batch: int = 1,
+        context: int | None = None,
+        kv_policy: KVPolicy | None = None,
+        prefill_chunk: int = 512,
+        eos_token_id: int | None = None,
+        max_waiting: int | None = None,
+    ):
+        """``context``: the longest request (prompt + output) a row holds, at most the model's
+        (default); ``max_waiting``: requests that may queue beyond the running ones before
+        :meth:`add` refuses (None: no bound)."""
+        self.model = model.eval()
+        config = model.config
+        self.context = config.max_position_embeddings if context is None else context
+        if not 1 <= self.context <= config.max_position_embeddings:
+            raise UserError(
+                f"a context of {self.context:,} is beyond the model's {config.max_position_embeddings:,} positions"
+            )
+        self.policy = kv_policy or FullCache()
+        self.policy.check(self.context)
+        self.prefill_chunk = prefill_chunk
+        self.eos_token_id = config.eos_token_id if eos_token_id is None else eos_token_id
+        self.max_batch = max_batch
+        self.max_waiting = max_waiting
+        self.device = model.embed_tokens.weight.device
+        self.cache = KVCache.for_model(model, max_batch, self.context + prefill_chunk)
+        self.policy.prepare(self.cache)
+        self.running: list[Request] = []
+        self.waiting: queue.SimpleQueue[Request] = queue.SimpleQueue()
+        self.cancelled: queue.SimpleQueue[Request] = queue.SimpleQueue()
+        self.stats = Stats()
+        self._ids = itertools.count()
+        self._lock = threading.Lock()
+        self._waiting_count = 0
+
+    # ------------------------------------------------------------------ requests
+
+    def add(self, prompt: list[int], params: SamplingParams | None = None) -> Request:
+        """Queue a request (a :class:`UserError` for an empty prompt, one the context cannot
+        hold, a token outside the vocabulary, or a full queue)."""
+        params = params or SamplingParams()
+        if not prompt:
+            raise UserError("the prompt is empty")
+        if len(prompt) >= self.context:
+            raise UserError(
+                f"a prompt of {len(prompt):,} tokens does not fit the context of {self.context:,} "
+                "(it needs room for at least one new token)"
+            )
+        vocab = self.model.config.vocab_size
+        if min(prompt) < 0 or max(prompt) >= vocab:
+            raise UserError(f"prompt token ids must be in [0, {vocab})")
+        with self._lock:
+            if self.max_waiting is not None and self._waiting_count >= self.max_waiting:
+                raise QueueFull(f"{self._waiting_count} requests are already waiting")
+            self._waiting_count += 1
+        request = Request(next(self._ids), list(prompt), params)
+        request.generator = torch.Generator(self.device)
+        if params.seed is None:
+            request.generator.seed()
+        else:
+            request.generator.manual_seed(params.seed)
+        self.waiting.put(request)
+        return request
+
+    def cancel(self, request: Request) -> None:
+        """Stop ``request`` at the next step and free its row (a client that went away)."""
+        self.cancelled.put(request)
+
+    @property
+    def busy(self) -> bool:
+        return bool(self.running) or not self.waiting.empty()
+
+    # ------------------------------------------------------------------ stepping
+
+    @torch.inference_mode()
+    def step(self) -> None:
+        """Decode one token for every running request (finished ones leave), then admit waiting
+        requests into the free rows (each prefilled and its first token chosen)."""
+        while not self.cancelled.empty():
+            request = self.cancelled.get()
+            if not request.done:
+                request.finish_reason = "cancelled"
+                if request.row is None:  # still waiting: it leaves when it would be admitted
+                    continue
+                self._finish(request)
+        if self.running:
+            self._decode()
+        while len(self.running) < self.max_batch and not self.waiting.empty():
+            request = self.waiting.get()
+            with self._lock:
+                self._waiting_count -= 1
+            if request.done:  # cancelled while waiting
+                request.events.put(None)
+                continue
+            self._prefill(request)
+
+    def run(self) -> None:
+        """Step until every queued request has finished."""
+        while self.busy:
+            self.step()
+
+    def generate(self, prompts: list[list[int]], params: SamplingParams | None = None) -> list[Request]:
+        """Finish every prompt (batched up to ``max_batch`` at a time); the requests, in order."""
+        requests = [self.add(prompt, params) for prompt in prompts]
+        self.run()
+        return requests
+
+    def stream(self, prompt: list[int], params: SamplingParams | None = None) -> Iterator[int]:
+        """One request's new tokens as they are made, stepping the engine in this thread."""
+        request = self.add(prompt, params)
+        while True:
+            while not request.events.empty():
+                token = request.events.get()
+                if token is None:
+                    return
+                yield token
+            self.step()
+
+    # ------------------------------------------------------------------ internals
+
+    def _prefill(self, request: Request) -> None:
+        start = time.perf_counter()
+        row = len(self.running)
+        request.row = row
+        self.running.append(request)
+        view = self.cache.rows(row, row + 1)
+        view.observer = self.policy.prefill_observer(view, len(request.prompt))
+        prompt = torch.tensor([request.prompt], device=self.device)
+        for begin in range(0, prompt.shape[1], self.prefill_chunk):
+            chunk = prompt[:, begin : begin + self.prefill_chunk]
+            last = torch.tensor([[chunk.shape[1] - 1]], device=self.device)
+            logits = self.model(chunk, cache=view, logits_index=last).logits[0, -1]
+            self.stats.forwards += 1
+        view.observer = None
+        self.policy.after_prefill(view)
+        request.kv_bytes = view.nbytes()
+        request.full_kv_bytes = full_bytes(view)
+        self.stats.prompt_tokens += len(request.prompt)
+        self.stats.prefill_seconds += time.perf_counter() - start
+        self._accept(request, logits)
+
+    def _decode(self) -> None:
+        start = time.perf_counter()
+        running = list(self.running)
+        view = self.cache.rows(0, len(running))
+        tokens = torch.tensor([[r.output[-1]] for r in running], device=self.device)
+        view.observer = self.policy.decode_observer(view)
+        logits = self.model(tokens, cache=view).logits[:, -1]
+        view.observer = None
+        self.policy.after_step(view)
+        self.stats.forwards += 1
+        self.stats.decode_seconds += time.perf_counter() - start
+        for request, row_logits in zip(running, logits, strict=True):  # rows move as requests finish
+            self._accept(request, row_logits)
+
+    def _accept(self, request: Request, logits: torch.Tensor) -> None:
+        """Choose ``request``'s next token from its logits (V,) and finish it if it is done."""
+        params = request.params
+        context = torch.tensor(request.prompt + request.output, device=logits.device)
+        token = choose(logits, params, context, request.generator)
+        if request.first_token_at is None:
+            request.first_token_at = time.perf_counter()
+        stops = set(params.stop_token_ids)
+        if not params.ignore_eos and self.eos_token_id is not None:
+            stops.add(self.eos_token_id)
+        if token in stops:
+            request.finish_reason = "stop"
+        else:
+            request.output.append(token)
+            request.events.put(token)
+            self.stats.new_tokens += 1
+            full = len(request.prompt) + len(request.output) >= self.context
+            if len(request.output) >= params.max_new_tokens or full:
+                request.finish_reason = "length"
+        if request.done:
+            self._finish(request)
+
+    def _finish(self, request: Request) -> None:
+        """Free ``request``'s row: the last running row moves into it."""
+        request.finished_at = time.perf_counter()
+        row = request.row
+        last = len(self.running) - 1
+        if row != last:
+            self.cache.move_row(last, row)
+            self.running[row] = self.running[last]
+            self.running[row].row = row
+        self.running.pop()
+        self.cache.clear_row(last)
+        request.row = None
+        request.events.put(None)
+
+
+class QueueFull(UserError):
+    """Too many requests are waiting (a server answers 429)."""
+
+
+def full_bytes(cache: KVCache) -> int:
+    """The bytes a full cache would hold for the tokens ``cache`` has seen (every layer)."""
+    keys = cache.keys[0]
+    per_entry = 2 * keys.shape[3] * keys.element_size() * keys.shape[1]
+    return int(cache.end.sum()) * per_entry
