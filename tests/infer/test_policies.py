@@ -128,9 +128,16 @@ def test_corm_keeps_exactly_the_keys_recent_queries_attended():
                 visible = [s for s in range(keys.shape[2]) if positions[0, kv_head, s] <= query_position]
                 found = set()
                 for head in range(kv_head * group, (kv_head + 1) * group):
-                    scores = torch.stack([queries[0, head, t] @ keys[0, kv_head, s] for s in visible]) / model.config.head_dim**0.5
+                    scores = (
+                        torch.stack([queries[0, head, t] @ keys[0, kv_head, s] for s in visible])
+                        / model.config.head_dim**0.5
+                    )
                     weights = torch.softmax(scores.float(), dim=0)
-                    found |= {int(positions[0, kv_head, s]) for s, w in zip(visible, weights) if w >= 1 / len(visible)}
+                    found |= {
+                        int(positions[0, kv_head, s])
+                        for s, w in zip(visible, weights, strict=True)
+                        if w >= 1 / len(visible)
+                    }
                 important.append(found)
             history[layer].append((query_position, important))
 

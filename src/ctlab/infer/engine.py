@@ -26,7 +26,8 @@ import torch
 
 from ctlab.errors import UserError
 from ctlab.infer.policies import FullCache, KVPolicy
-from ctlab.infer.sampling import SamplingParams, choose
+from ctlab.infer.sampling import SamplingParams, choose, next_token_distribution
+from ctlab.infer.speculative import Speculator, verify
 from ctlab.model.cache import KVCache
 from ctlab.model.decoder import Decoder
 
@@ -51,11 +52,23 @@ class Request:
     finished_at: float | None = None
     kv_bytes: int = 0  # the KV bytes the request's row held after its prefill and policy
     full_kv_bytes: int = 0  # what a full cache would hold for the same tokens
+    steps: int = 0  # decode (or verification) forwards of the target it took part in
+    drafted: int = 0  # speculated tokens the target checked
+    accepted: int = 0  # of which it kept
     events: queue.SimpleQueue = field(default_factory=queue.SimpleQueue, repr=False)
 
     @property
     def done(self) -> bool:
         return self.finish_reason is not None
+
+    @property
+    def acceptance_rate(self) -> float | None:
+        return self.accepted / self.drafted if self.drafted else None
+
+    @property
+    def tokens_per_forward(self) -> float:
+        """New tokens per target forward (the prefill, which makes the first, counts as one)."""
+        return len(self.output) / (1 + self.steps)
 
     def tokens(self, timeout: float | None = None) -> Iterator[int]:
         """The request's new tokens as the engine produces them (for a thread other than the
@@ -86,6 +99,7 @@ class Engine:
         max_batch: int = 1,
         context: int | None = None,
         kv_policy: KVPolicy | None = None,
+        speculator: Speculator | None = None,
         prefill_chunk: int = 512,
         eos_token_id: int | None = None,
         max_waiting: int | None = None,
@@ -102,6 +116,7 @@ class Engine:
             )
         self.policy = kv_policy or FullCache()
         self.policy.check(self.context)
+        self.speculator = speculator
         self.prefill_chunk = prefill_chunk
         self.eos_token_id = config.eos_token_id if eos_token_id is None else eos_token_id
         self.max_batch = max_batch
@@ -109,6 +124,8 @@ class Engine:
         self.device = model.embed_tokens.weight.device
         self.cache = KVCache.for_model(model, max_batch, self.context + prefill_chunk)
         self.policy.prepare(self.cache)
+        if speculator is not None:
+            speculator.prepare(self)
         self.running: list[Request] = []
         self.waiting: queue.SimpleQueue[Request] = queue.SimpleQueue()
         self.cancelled: queue.SimpleQueue[Request] = queue.SimpleQueue()
@@ -219,6 +236,8 @@ class Engine:
         self.policy.after_prefill(view)
         request.kv_bytes = view.nbytes()
         request.full_kv_bytes = full_bytes(view)
+        if self.speculator is not None:
+            self.speculator.on_prefill(self, row, request.prompt)
         self.stats.prompt_tokens += len(request.prompt)
         self.stats.prefill_seconds += time.perf_counter() - start
         self._accept(request, logits)
@@ -226,22 +245,69 @@ class Engine:
     def _decode(self) -> None:
         start = time.perf_counter()
         running = list(self.running)
-        view = self.cache.rows(0, len(running))
-        tokens = torch.tensor([[r.output[-1]] for r in running], device=self.device)
-        view.observer = self.policy.decode_observer(view)
-        logits = self.model(tokens, cache=view).logits[:, -1]
-        view.observer = None
-        self.policy.after_step(view)
+        if self.speculator is not None:
+            self._speculate(running)
+        else:
+            view = self.cache.rows(0, len(running))
+            tokens = torch.tensor([[r.output[-1]] for r in running], device=self.device)
+            view.observer = self.policy.decode_observer(view)
+            logits = self.model(tokens, cache=view).logits[:, -1]
+            view.observer = None
+            self.policy.after_step(view)
+            for request, row_logits in zip(running, logits, strict=True):  # rows move as requests finish
+                request.steps += 1
+                self._accept(request, row_logits)
         self.stats.forwards += 1
         self.stats.decode_seconds += time.perf_counter() - start
-        for request, row_logits in zip(running, logits, strict=True):  # rows move as requests finish
-            self._accept(request, row_logits)
+
+    def _speculate(self, running: list[Request]) -> None:
+        """One round of speculation for every running row: the speculator drafts up to k tokens
+        per row and gives the target's logits at the last token and each draft; :func:`verify`
+        keeps a prefix of each row's drafts and adds one token of the target's; the caches are
+        cropped to what was kept."""
+        room = min(self._room(r) for r in running)
+        k = max(min(self.speculator.num_speculations, room - 1), 0)
+        start = torch.from_numpy(self.cache.end[0, : len(running)].copy())  # position of each row's last token
+        drafts, draft_probs, logits = self.speculator.round(self, running, k)
+        outcomes = []
+        for request, tokens, q, row_logits in zip(running, drafts, draft_probs, logits, strict=True):
+            context = request.prompt + request.output
+            p = torch.stack(
+                [
+                    next_token_distribution(
+                        row_logits[i], request.params, torch.tensor(context + tokens[:i], device=self.device)
+                    )
+                    for i in range(len(tokens) + 1)
+                ]
+            )
+            accepted, token = verify(p, q, tokens, request.generator)
+            request.steps += 1
+            request.drafted += len(tokens)
+            request.accepted += accepted
+            outcomes.append((accepted, tokens[:accepted] + [token]))
+        ends = start + 1 + torch.tensor([accepted for accepted, _ in outcomes])
+        self.cache.rows(0, len(running)).crop(ends)
+        self.speculator.after_round(self, running, ends)
+        for request, (_, tokens) in zip(running, outcomes, strict=True):
+            for token in tokens:
+                if not self._emit(request, token):
+                    break
+
+    def _room(self, request: Request) -> int:
+        """How many more tokens ``request`` may make (its budget, the context)."""
+        return min(
+            request.params.max_new_tokens - len(request.output), self.context - len(request.prompt + request.output)
+        )
 
     def _accept(self, request: Request, logits: torch.Tensor) -> None:
-        """Choose ``request``'s next token from its logits (V,) and finish it if it is done."""
-        params = request.params
+        """Choose ``request``'s next token from its logits (V,) and emit it."""
         context = torch.tensor(request.prompt + request.output, device=logits.device)
-        token = choose(logits, params, context, request.generator)
+        self._emit(request, choose(logits, request.params, context, request.generator))
+
+    def _emit(self, request: Request, token: int) -> bool:
+        """Add ``token`` to ``request``'s output, or finish it on a stop token or a limit;
+        whether it still runs."""
+        params = request.params
         if request.first_token_at is None:
             request.first_token_at = time.perf_counter()
         stops = set(params.stop_token_ids)
@@ -253,11 +319,11 @@ class Engine:
             request.output.append(token)
             request.events.put(token)
             self.stats.new_tokens += 1
-            full = len(request.prompt) + len(request.output) >= self.context
-            if len(request.output) >= params.max_new_tokens or full:
+            if self._room(request) <= 0:
                 request.finish_reason = "length"
         if request.done:
             self._finish(request)
+        return not request.done
 
     def _finish(self, request: Request) -> None:
         """Free ``request``'s row: the last running row moves into it."""
@@ -266,10 +332,14 @@ class Engine:
         last = len(self.running) - 1
         if row != last:
             self.cache.move_row(last, row)
+            if self.speculator is not None:
+                self.speculator.move_row(last, row)
             self.running[row] = self.running[last]
             self.running[row].row = row
         self.running.pop()
         self.cache.clear_row(last)
+        if self.speculator is not None:
+            self.speculator.clear_row(last)
         request.row = None
         request.events.put(None)
 

@@ -57,7 +57,6 @@ class KVPolicy:
         """Evict from the running rows ``cache`` after a decode step."""
 
 
-
 FullCache = KVPolicy
 
 

@@ -1,0 +1,234 @@
+"""Speculative decoding: a cheap guess of the next tokens, checked by the model in one forward.
+
+Every strategy drafts up to k tokens per running row and returns the target's logits at the
+row's last token and at each draft; :func:`verify`, the one acceptance routine, keeps a prefix
+of the drafts and adds one token of the target's. With the standard rule (accept a draft d
+with probability min(1, p(d)/q(d)); on rejection draw from max(0, p − q), normalised; after
+k acceptances draw a bonus token from p) the output follows the target's distribution
+exactly, and with greedy parameters (one-hot p and q) it is token for token the plain greedy
+output.
+
+Strategies:
+
+- ``draft``: a smaller model with the same tokenizer, with its own cache.
+- ``layerskip`` (arXiv 2404.16710): the model's first E layers and the shared head draft;
+  the verification runs layers [E, L) on the saved exit-layer hidden states of all drafts,
+  on the same cache, so the draft's entries of layers below E are the target's (nothing is
+  computed twice).
+- ``lookup``: prompt lookup: the tokens that followed the latest earlier occurrence of the
+  context's last n-gram (n from ``max_ngram`` down to 1); the draft distribution is one-hot.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import torch
+
+from ctlab.errors import UserError
+from ctlab.infer.sampling import next_token_distribution
+from ctlab.model.cache import KVCache
+from ctlab.model.decoder import Decoder
+
+if TYPE_CHECKING:
+    from ctlab.infer.engine import Engine, Request
+
+
+def draw(distribution: torch.Tensor, generator: torch.Generator) -> int:
+    """A token from an unnormalised ``distribution`` (V,); a one-hot one needs no draw."""
+    top = int(distribution.argmax())
+    total = distribution.sum()
+    if distribution[top] == total:
+        return top
+    return int(torch.multinomial(distribution / total, 1, generator=generator))
+
+
+def verify(target: torch.Tensor, draft: torch.Tensor, tokens: list[int], generator: torch.Generator) -> tuple[int, int]:
+    """How many of the n drafted ``tokens`` to keep and the token that follows them, from the
+    target's distributions (n + 1, V) at the last token and each draft and the draft's
+    distributions (n, V) the drafts were drawn from."""
+    for i, token in enumerate(tokens):
+        p, q = float(target[i, token]), float(draft[i, token])
+        if p >= q:
+            continue
+        if p > 0 and float(torch.rand((), generator=generator, device=generator.device)) * q < p:
+            continue
+        return i, draw((target[i] - draft[i]).clamp(min=0), generator)
+    return len(tokens), draw(target[len(tokens)], generator)
+
+
+class Speculator:
+    """Drafts tokens for the running rows of an engine and gives the target's logits at them."""
+
+    name = "none"
+
+    def __init__(self, num_speculations: int = 4):
+        if num_speculations < 1:
+            raise UserError("--num-speculations must be at least 1")
+        self.num_speculations = num_speculations
+
+    def prepare(self, engine: Engine) -> None:
+        """Check the engine's model and settings and allocate what the strategy needs."""
+        if engine.policy.name in ("streaming", "corm"):
+            raise UserError(f"speculative decoding does not combine with the {engine.policy.name} policy")
+
+    def on_prefill(self, engine: Engine, row: int, prompt: list[int]) -> None:
+        """A request's prompt entered row ``row`` of the engine's cache."""
+
+    def round(
+        self, engine: Engine, running: list[Request], k: int
+    ) -> tuple[list[list[int]], list[torch.Tensor], torch.Tensor]:
+        """Up to ``k`` drafts per row, the distributions (n_r, V) each row's drafts came from,
+        and the target's logits (B, k + 1, V) at each row's last token and its drafts (the
+        engine's cache then holds entries for all of them: it crops them after verifying)."""
+        raise NotImplementedError
+
+    def after_round(self, engine: Engine, running: list[Request], ends: torch.Tensor) -> None:
+        """The engine kept each row's entries below ``ends`` (B,)."""
+
+    def move_row(self, source: int, target: int) -> None:
+        pass
+
+    def clear_row(self, row: int) -> None:
+        pass
+
+
+def target_logits(engine: Engine, running: list[Request], drafts: list[list[int]], k: int) -> torch.Tensor:
+    """The target's logits (B, k + 1, V) at each row's last token and drafts (shorter drafts
+    padded: what follows them is cropped)."""
+    tokens = [[r.output[-1], *d, *[0] * (k - len(d))] for r, d in zip(running, drafts, strict=True)]
+    view = engine.cache.rows(0, len(running))
+    return engine.model(torch.tensor(tokens, device=engine.device), cache=view).logits
+
+
+def draft_from(logits: torch.Tensor, running: list[Request], drafts: list[list[int]]) -> list[torch.Tensor]:
+    """Each row's draft distribution for logits (B, V); the drawn tokens are appended to ``drafts``."""
+    distributions = []
+    for request, row_logits, tokens in zip(running, logits, drafts, strict=True):
+        context = torch.tensor(request.prompt + request.output + tokens, device=row_logits.device)
+        q = next_token_distribution(row_logits, request.params, context)
+        tokens.append(draw(q, request.generator))
+        distributions.append(q)
+    return distributions
+
+
+def stacked(rows: list[list[torch.Tensor]], vocab: int, device) -> list[torch.Tensor]:
+    return [torch.stack(r) if r else torch.zeros(0, vocab, device=device) for r in rows]
+
+
+class DraftModel(Speculator):
+    name = "draft"
+
+    def __init__(self, draft: Decoder, num_speculations: int = 4):
+        super().__init__(num_speculations)
+        self.draft = draft.eval()
+        self.cache: KVCache | None = None
+
+    def prepare(self, engine: Engine) -> None:
+        super().prepare(engine)
+        if self.draft.config.vocab_size != engine.model.config.vocab_size:
+            raise UserError(
+                f"the draft model's vocabulary ({self.draft.config.vocab_size:,}) is not the model's "
+                f"({engine.model.config.vocab_size:,}): a draft needs the same tokenizer"
+            )
+        if self.draft.config.max_position_embeddings < engine.context:
+            raise UserError(
+                f"the draft model's context ({self.draft.config.max_position_embeddings:,}) is shorter "
+                f"than the engine's ({engine.context:,})"
+            )
+        self.cache = KVCache.for_model(self.draft, engine.max_batch, engine.context + engine.prefill_chunk)
+
+    def on_prefill(self, engine: Engine, row: int, prompt: list[int]) -> None:
+        view = self.cache.rows(row, row + 1)
+        ids = torch.tensor([prompt], device=self.draft.embed_tokens.weight.device)
+        for begin in range(0, ids.shape[1], engine.prefill_chunk):
+            chunk = ids[:, begin : begin + engine.prefill_chunk]
+            self.draft(chunk, cache=view, logits_index=torch.tensor([[chunk.shape[1] - 1]], device=ids.device))
+
+    def round(self, engine, running, k):
+        count = len(running)
+        view = self.cache.rows(0, count)
+        device = self.draft.embed_tokens.weight.device
+        # tokens the draft has not seen (the last one, and the target's bonus after a full acceptance)
+        for row, request in enumerate(running):
+            context = request.prompt + request.output
+            missing = context[int(view.end[0, row]) : -1]
+            if missing:
+                self.draft(torch.tensor([missing], device=device), cache=view.rows(row, row + 1))
+        drafts: list[list[int]] = [[] for _ in running]
+        distributions: list[list[torch.Tensor]] = [[] for _ in running]
+        last = torch.tensor([[r.output[-1]] for r in running], device=device)
+        for _ in range(k):
+            logits = self.draft(last, cache=view).logits[:, -1]
+            for row, q in enumerate(draft_from(logits, running, drafts)):
+                distributions[row].append(q)
+            last = torch.tensor([[d[-1]] for d in drafts], device=device)
+        vocab = engine.model.config.vocab_size
+        return drafts, stacked(distributions, vocab, engine.device), target_logits(engine, running, drafts, k)
+
+    def after_round(self, engine, running, ends):
+        self.cache.rows(0, len(running)).crop(ends)
+
+    def move_row(self, source: int, target: int) -> None:
+        self.cache.move_row(source, target)
+
+    def clear_row(self, row: int) -> None:
+        self.cache.clear_row(row)
+
+
+class LayerSkip(Speculator):
+    name = "layerskip"
+
+    def __init__(self, exit_layer: int, num_speculations: int = 6):
+        super().__init__(num_speculations)
+        self.exit_layer = exit_layer
+
+    def prepare(self, engine: Engine) -> None:
+        super().prepare(engine)
+        layers = engine.model.config.num_layers
+        if not 1 <= self.exit_layer < layers:
+            raise UserError(f"--exit-layer must be between 1 and {layers - 1} (the model has {layers} layers)")
+
+    def round(self, engine, running, k):
+        model, view = engine.model, engine.cache.rows(0, len(running))
+        drafts: list[list[int]] = [[] for _ in running]
+        distributions: list[list[torch.Tensor]] = [[] for _ in running]
+        last = torch.tensor([[r.output[-1]] for r in running], device=engine.device)
+        exits = []  # the exit layer's output for the last token and each draft: layer E's input
+        for i in range(k + 1):
+            hidden = model.run_layers(model.embed_tokens(last), cache=view, stop=self.exit_layer).hidden
+            exits.append(hidden)
+            if i == k:
+                break
+            for row, q in enumerate(draft_from(model.exit_logits(hidden)[:, -1], running, drafts)):
+                distributions[row].append(q)
+            last = torch.tensor([[d[-1]] for d in drafts], device=engine.device)
+        upper = model.run_layers(torch.cat(exits, dim=1), cache=view, start=self.exit_layer).hidden
+        vocab = model.config.vocab_size
+        return drafts, stacked(distributions, vocab, engine.device), model.exit_logits(upper)
+
+
+class PromptLookup(Speculator):
+    name = "lookup"
+
+    def __init__(self, num_speculations: int = 10, max_ngram: int = 3):
+        super().__init__(num_speculations)
+        if max_ngram < 1:
+            raise UserError("the lookup n-gram must be at least 1 token")
+        self.max_ngram = max_ngram
+
+    def lookup(self, context: list[int], k: int) -> list[int]:
+        """The ≤ k tokens after the latest earlier occurrence of the longest matching suffix."""
+        for n in range(min(self.max_ngram, len(context) - 1), 0, -1):
+            suffix = context[-n:]
+            for start in range(len(context) - n - 1, -1, -1):
+                if context[start : start + n] == suffix:
+                    return context[start + n : start + n + k]
+        return []
+
+    def round(self, engine, running, k):
+        vocab = engine.model.config.vocab_size
+        drafts = [self.lookup(r.prompt + r.output, k) if k else [] for r in running]
+        one_hot = [torch.nn.functional.one_hot(torch.tensor(d, dtype=torch.long), vocab).float() for d in drafts]
+        one_hot = [q.to(engine.device) for q in one_hot]
+        return drafts, one_hot, target_logits(engine, running, drafts, k)
