@@ -25,7 +25,12 @@ GROUPS = {  # command → (help, the modules that register its subcommands with 
     "train": ("stage 4: pretrain models", ("ctlab.train.cli",)),
     "eval": ("stage 7: evaluate models", ("ctlab.eval.cli",)),
 }
-COMMANDS = {"demo": ("run the main job on built-in data", "ctlab.demo")}  # command → (help, register(parser))
+COMMANDS = {  # command → (help, "module" with register(parser), or "module:function")
+    "generate": ("generate text with the inference engine", "ctlab.infer.cli:register_generate"),
+    "chat": ("chat with a model in the terminal", "ctlab.infer.cli:register_chat"),
+    "serve": ("serve a model over an OpenAI-compatible HTTP API", "ctlab.infer.cli:register_serve"),
+    "demo": ("run the main job on built-in data", "ctlab.demo"),
+}
 
 
 def build_parser(argv: list[str]) -> argparse.ArgumentParser:
@@ -34,10 +39,11 @@ def build_parser(argv: list[str]) -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"ctlab {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     chosen = next((arg for arg in argv if not arg.startswith("-")), None)
-    for name, (text, module) in COMMANDS.items():
+    for name, (text, target) in COMMANDS.items():
         command = commands.add_parser(name, help=text)
         if name == chosen:
-            importlib.import_module(module).register(command)
+            module, _, function = target.partition(":")
+            getattr(importlib.import_module(module), function or "register")(command)
     for name, (text, modules) in GROUPS.items():
         group = commands.add_parser(name, help=text, description=text[0].upper() + text[1:] + ".")
         subcommands = group.add_subparsers(dest=f"{name}_command", metavar="COMMAND", required=True)

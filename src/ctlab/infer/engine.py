@@ -19,7 +19,7 @@ import itertools
 import queue
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import torch
@@ -50,11 +50,14 @@ class Request:
     submitted: float = field(default_factory=time.perf_counter)
     first_token_at: float | None = None
     finished_at: float | None = None
-    kv_bytes: int = 0  # the KV bytes the request's row held after its prefill and policy
+    kv_bytes: int = 0  # the KV bytes the request's row held (after its prefill, then when it finished)
     full_kv_bytes: int = 0  # what a full cache would hold for the same tokens
     steps: int = 0  # decode (or verification) forwards of the target it took part in
     drafted: int = 0  # speculated tokens the target checked
     accepted: int = 0  # of which it kept
+    top_logprobs: int | None = None  # record each new token's log-probability and this many alternatives
+    logprobs: list[tuple[float, list[tuple[int, float]]]] = field(default_factory=list)
+    listener: Callable[[int | None], None] | None = field(default=None, repr=False)  # called from step()
     events: queue.SimpleQueue = field(default_factory=queue.SimpleQueue, repr=False)
 
     @property
@@ -69,6 +72,31 @@ class Request:
     def tokens_per_forward(self) -> float:
         """New tokens per target forward (the prefill, which makes the first, counts as one)."""
         return len(self.output) / (1 + self.steps)
+
+    def summary(self) -> dict:
+        """What the request cost: tokens, time, decode speed (tokens after the first, per
+        second), the KV bytes kept against a full cache, and speculation's counters."""
+        end = self.finished_at or time.perf_counter()
+        first = self.first_token_at or end
+        decode = end - first
+        return {
+            "prompt_tokens": len(self.prompt),
+            "new_tokens": len(self.output),
+            "finish_reason": self.finish_reason,
+            "seconds": round(end - self.submitted, 4),
+            "time_to_first_token": round(first - self.submitted, 4),
+            "tokens_per_second": round((len(self.output) - 1) / decode, 2) if decode > 0 and self.output else None,
+            "kv_bytes": self.kv_bytes,
+            "full_kv_bytes": self.full_kv_bytes,
+            "acceptance_rate": None if self.acceptance_rate is None else round(self.acceptance_rate, 4),
+            "tokens_per_forward": round(self.tokens_per_forward, 3),
+        }
+
+    def publish(self, token: int | None) -> None:
+        """Hand a new token (None: the end) to whoever follows the request."""
+        self.events.put(token)
+        if self.listener is not None:
+            self.listener(token)
 
     def tokens(self, timeout: float | None = None) -> Iterator[int]:
         """The request's new tokens as the engine produces them (for a thread other than the
@@ -121,14 +149,14 @@ class Engine:
         self.eos_token_id = config.eos_token_id if eos_token_id is None else eos_token_id
         self.max_batch = max_batch
         self.max_waiting = max_waiting
-        self.device = model.embed_tokens.weight.device
+        self.device = model.norm.weight.device
         self.cache = KVCache.for_model(model, max_batch, self.context + prefill_chunk)
         self.policy.prepare(self.cache)
         if speculator is not None:
             speculator.prepare(self)
         self.running: list[Request] = []
         self.waiting: queue.SimpleQueue[Request] = queue.SimpleQueue()
-        self.cancelled: queue.SimpleQueue[Request] = queue.SimpleQueue()
+        self.cancelled: queue.SimpleQueue[tuple[Request, str]] = queue.SimpleQueue()
         self.stats = Stats()
         self._ids = itertools.count()
         self._lock = threading.Lock()
@@ -136,9 +164,17 @@ class Engine:
 
     # ------------------------------------------------------------------ requests
 
-    def add(self, prompt: list[int], params: SamplingParams | None = None) -> Request:
+    def add(
+        self,
+        prompt: list[int],
+        params: SamplingParams | None = None,
+        top_logprobs: int | None = None,
+        listener: Callable[[int | None], None] | None = None,
+    ) -> Request:
         """Queue a request (a :class:`UserError` for an empty prompt, one the context cannot
-        hold, a token outside the vocabulary, or a full queue)."""
+        hold, a token outside the vocabulary, or a full queue). ``top_logprobs``: record each
+        new token's log-probability and that many alternatives; ``listener``: called from
+        :meth:`step` with each new token and None at the end."""
         params = params or SamplingParams()
         if not prompt:
             raise UserError("the prompt is empty")
@@ -154,7 +190,7 @@ class Engine:
             if self.max_waiting is not None and self._waiting_count >= self.max_waiting:
                 raise QueueFull(f"{self._waiting_count} requests are already waiting")
             self._waiting_count += 1
-        request = Request(next(self._ids), list(prompt), params)
+        request = Request(next(self._ids), list(prompt), params, top_logprobs=top_logprobs, listener=listener)
         request.generator = torch.Generator(self.device)
         if params.seed is None:
             request.generator.seed()
@@ -163,9 +199,10 @@ class Engine:
         self.waiting.put(request)
         return request
 
-    def cancel(self, request: Request) -> None:
-        """Stop ``request`` at the next step and free its row (a client that went away)."""
-        self.cancelled.put(request)
+    def cancel(self, request: Request, reason: str = "cancelled") -> None:
+        """Stop ``request`` at the next step and free its row (a client that went away, or
+        "stop": its text reached a stop string)."""
+        self.cancelled.put((request, reason))
 
     @property
     def busy(self) -> bool:
@@ -178,9 +215,9 @@ class Engine:
         """Decode one token for every running request (finished ones leave), then admit waiting
         requests into the free rows (each prefilled and its first token chosen)."""
         while not self.cancelled.empty():
-            request = self.cancelled.get()
+            request, reason = self.cancelled.get()
             if not request.done:
-                request.finish_reason = "cancelled"
+                request.finish_reason = reason
                 if request.row is None:  # still waiting: it leaves when it would be admitted
                     continue
                 self._finish(request)
@@ -191,7 +228,7 @@ class Engine:
             with self._lock:
                 self._waiting_count -= 1
             if request.done:  # cancelled while waiting
-                request.events.put(None)
+                request.publish(None)
                 continue
             self._prefill(request)
 
@@ -208,7 +245,10 @@ class Engine:
 
     def stream(self, prompt: list[int], params: SamplingParams | None = None) -> Iterator[int]:
         """One request's new tokens as they are made, stepping the engine in this thread."""
-        request = self.add(prompt, params)
+        return self.follow(self.add(prompt, params))
+
+    def follow(self, request: Request) -> Iterator[int]:
+        """``request``'s new tokens as they are made, stepping the engine in this thread."""
         while True:
             while not request.events.empty():
                 token = request.events.get()
@@ -285,6 +325,7 @@ class Engine:
             request.drafted += len(tokens)
             request.accepted += accepted
             outcomes.append((accepted, tokens[:accepted] + [token]))
+            self._record_logprobs(request, list(row_logits[: accepted + 1]), outcomes[-1][1])
         ends = start + 1 + torch.tensor([accepted for accepted, _ in outcomes])
         self.cache.rows(0, len(running)).crop(ends)
         self.speculator.after_round(self, running, ends)
@@ -302,7 +343,21 @@ class Engine:
     def _accept(self, request: Request, logits: torch.Tensor) -> None:
         """Choose ``request``'s next token from its logits (V,) and emit it."""
         context = torch.tensor(request.prompt + request.output, device=logits.device)
-        self._emit(request, choose(logits, request.params, context, request.generator))
+        token = choose(logits, request.params, context, request.generator)
+        self._record_logprobs(request, [logits], [token])
+        self._emit(request, token)
+
+    @staticmethod
+    def _record_logprobs(request: Request, logits: list[torch.Tensor], tokens: list[int]) -> None:
+        """The model's log-probabilities (before any sampling shaping) of ``tokens``, each
+        made from its logits (V,), with the top alternatives, when the request asked."""
+        if request.top_logprobs is None:
+            return
+        for row_logits, token in zip(logits, tokens, strict=True):
+            logprobs = torch.log_softmax(row_logits.float(), dim=-1)
+            top = torch.topk(logprobs, request.top_logprobs) if request.top_logprobs else None
+            alternatives = [] if top is None else list(zip(top.indices.tolist(), top.values.tolist(), strict=True))
+            request.logprobs.append((float(logprobs[token]), alternatives))
 
     def _emit(self, request: Request, token: int) -> bool:
         """Add ``token`` to ``request``'s output, or finish it on a stop token or a limit;
@@ -317,7 +372,7 @@ class Engine:
             request.finish_reason = "stop"
         else:
             request.output.append(token)
-            request.events.put(token)
+            request.publish(token)
             self.stats.new_tokens += 1
             if self._room(request) <= 0:
                 request.finish_reason = "length"
@@ -328,7 +383,10 @@ class Engine:
     def _finish(self, request: Request) -> None:
         """Free ``request``'s row: the last running row moves into it."""
         request.finished_at = time.perf_counter()
+        del request.logprobs[len(request.output) :]  # a stop token's, or those of drafts after the end
         row = request.row
+        view = self.cache.rows(row, row + 1)
+        request.kv_bytes, request.full_kv_bytes = view.nbytes(), full_bytes(view)
         last = len(self.running) - 1
         if row != last:
             self.cache.move_row(last, row)
@@ -341,7 +399,7 @@ class Engine:
         if self.speculator is not None:
             self.speculator.clear_row(last)
         request.row = None
-        request.events.put(None)
+        request.publish(None)
 
 
 class QueueFull(UserError):

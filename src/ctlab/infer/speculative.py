@@ -140,7 +140,7 @@ class DraftModel(Speculator):
 
     def on_prefill(self, engine: Engine, row: int, prompt: list[int]) -> None:
         view = self.cache.rows(row, row + 1)
-        ids = torch.tensor([prompt], device=self.draft.embed_tokens.weight.device)
+        ids = torch.tensor([prompt], device=self.draft.norm.weight.device)
         for begin in range(0, ids.shape[1], engine.prefill_chunk):
             chunk = ids[:, begin : begin + engine.prefill_chunk]
             self.draft(chunk, cache=view, logits_index=torch.tensor([[chunk.shape[1] - 1]], device=ids.device))
@@ -148,7 +148,7 @@ class DraftModel(Speculator):
     def round(self, engine, running, k):
         count = len(running)
         view = self.cache.rows(0, count)
-        device = self.draft.embed_tokens.weight.device
+        device = self.draft.norm.weight.device
         # tokens the draft has not seen (the last one, and the target's bonus after a full acceptance)
         for row, request in enumerate(running):
             context = request.prompt + request.output

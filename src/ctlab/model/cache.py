@@ -62,7 +62,7 @@ class KVCache:
     def for_model(cls, model, batch: int, capacity: int | Sequence[int], device=None, dtype=None) -> KVCache:
         """An empty cache shaped for ``model`` (a :class:`~ctlab.model.decoder.Decoder`), on its
         device and in its dtype unless given."""
-        config, weight = model.config, model.embed_tokens.weight
+        config, weight = model.config, model.norm.weight  # a plain parameter whatever the quantisation
         return cls(
             config.num_layers,
             batch,

@@ -17,6 +17,7 @@ transformers does.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -61,6 +62,12 @@ class Experts(nn.Module):
         nn.init.normal_(self.gate_up_proj, std=init_std)
         nn.init.normal_(self.down_proj, std=init_std)
 
+    def expert_weights(self, dtype: torch.dtype) -> tuple[Sequence[torch.Tensor], Sequence[torch.Tensor]]:
+        """Each expert's (2I, d) and (d, I) weights, by expert index."""
+        # one view per expert from a single unbind: backward stacks the experts' gradients once
+        # (indexing each expert would build and fill a full-size zero gradient per expert)
+        return self.gate_up_proj.unbind(0), self.down_proj.unbind(0)
+
     def forward(self, x: torch.Tensor, indices: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
         out = torch.zeros_like(x)
         flat_expert = indices.reshape(-1)
@@ -68,9 +75,7 @@ class Experts(nn.Module):
         counts = torch.bincount(flat_expert, minlength=self.gate_up_proj.shape[0]).tolist()
         token = order // indices.shape[1]
         slot_weight = weights.reshape(-1)[order]
-        # one view per expert from a single unbind: backward stacks the experts' gradients once
-        # (indexing each expert would build and fill a full-size zero gradient per expert)
-        gate_up_proj, down_proj = self.gate_up_proj.unbind(0), self.down_proj.unbind(0)
+        gate_up_proj, down_proj = self.expert_weights(x.dtype)
         start = 0
         for expert, count in enumerate(counts):
             if count == 0:
