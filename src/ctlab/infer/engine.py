@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 import torch
 
 from ctlab.errors import UserError
+from ctlab.infer.layout import decode_layout
 from ctlab.infer.policies import FullCache, KVPolicy
 from ctlab.infer.sampling import SamplingParams, choose, next_token_distribution
 from ctlab.infer.speculative import Speculator, verify
@@ -134,8 +135,9 @@ class Engine:
     ):
         """``context``: the longest request (prompt + output) a row holds, at most the model's
         (default); ``max_waiting``: requests that may queue beyond the running ones before
-        :meth:`add` refuses (None: no bound)."""
-        self.model = model.eval()
+        :meth:`add` refuses (None: no bound). The model's Linear weights are re-laid for
+        decoding (:mod:`ctlab.infer.layout`: the same function, transposed storage)."""
+        self.model = decode_layout(model.eval())
         config = model.config
         self.context = config.max_position_embeddings if context is None else context
         if not 1 <= self.context <= config.max_position_embeddings:
@@ -223,14 +225,17 @@ class Engine:
                 self._finish(request)
         if self.running:
             self._decode()
-        while len(self.running) < self.max_batch and not self.waiting.empty():
+        admitted = []
+        while len(self.running) + len(admitted) < self.max_batch and not self.waiting.empty():
             request = self.waiting.get()
             with self._lock:
                 self._waiting_count -= 1
             if request.done:  # cancelled while waiting
                 request.publish(None)
                 continue
-            self._prefill(request)
+            admitted.append(request)
+        if admitted:
+            self._prefill(admitted)
 
     def run(self) -> None:
         """Step until every queued request has finished."""
@@ -259,28 +264,51 @@ class Engine:
 
     # ------------------------------------------------------------------ internals
 
-    def _prefill(self, request: Request) -> None:
+    def _prefill(self, requests: list[Request]) -> None:
+        """Prompts into the next free rows, then each request's first token. Prompts go in
+        together (right-padded, the padding's entries cropped) unless the policy watches each
+        row's prefill."""
         start = time.perf_counter()
-        row = len(self.running)
-        request.row = row
-        self.running.append(request)
-        view = self.cache.rows(row, row + 1)
-        view.observer = self.policy.prefill_observer(view, len(request.prompt))
-        prompt = torch.tensor([request.prompt], device=self.device)
-        for begin in range(0, prompt.shape[1], self.prefill_chunk):
-            chunk = prompt[:, begin : begin + self.prefill_chunk]
-            last = torch.tensor([[chunk.shape[1] - 1]], device=self.device)
-            logits = self.model(chunk, cache=view, logits_index=last).logits[0, -1]
-            self.stats.forwards += 1
-        view.observer = None
-        self.policy.after_prefill(view)
-        request.kv_bytes = view.nbytes()
-        request.full_kv_bytes = full_bytes(view)
-        if self.speculator is not None:
-            self.speculator.on_prefill(self, row, request.prompt)
-        self.stats.prompt_tokens += len(request.prompt)
+        for request in requests:
+            request.row = len(self.running)
+            self.running.append(request)
+        groups = [[r] for r in requests] if self.policy.observes_prefill else [requests]
+        first_logits = []
+        for group in groups:
+            first_logits += self._prefill_rows(group)
+            for request in group:
+                view = self.cache.rows(request.row, request.row + 1)
+                self.policy.after_prefill(view)
+                request.kv_bytes, request.full_kv_bytes = view.nbytes(), full_bytes(view)
+                if self.speculator is not None:
+                    self.speculator.on_prefill(self, request.row, request.prompt)
+                self.stats.prompt_tokens += len(request.prompt)
         self.stats.prefill_seconds += time.perf_counter() - start
-        self._accept(request, logits)
+        for request, logits in zip(requests, first_logits, strict=True):  # rows may move as requests finish
+            self._accept(request, logits)
+
+    def _prefill_rows(self, group: list[Request]) -> list[torch.Tensor]:
+        """Prefill ``group``'s prompts into its consecutive rows in chunks; each prompt's
+        logits (V,) at its last token."""
+        lengths = [len(r.prompt) for r in group]
+        width = max(lengths)
+        view = self.cache.rows(group[0].row, group[-1].row + 1)
+        view.observer = self.policy.prefill_observer(view, width) if len(group) == 1 else None
+        ids = torch.tensor([r.prompt + [0] * (width - len(r.prompt)) for r in group], device=self.device)
+        last = torch.tensor(lengths, device=self.device)[:, None] - 1  # (B, 1)
+        found: list[torch.Tensor | None] = [None] * len(group)
+        for begin in range(0, width, self.prefill_chunk):
+            chunk = ids[:, begin : begin + self.prefill_chunk]
+            index = (last - begin).clamp(0, chunk.shape[1] - 1)
+            logits = self.model(chunk, cache=view, logits_index=index).logits[:, 0]
+            self.stats.forwards += 1
+            for i, n in enumerate(lengths):
+                if begin <= n - 1 < begin + chunk.shape[1]:
+                    found[i] = logits[i]
+        view.observer = None
+        if min(lengths) < width:
+            view.crop(torch.tensor(lengths))
+        return found
 
     def _decode(self) -> None:
         start = time.perf_counter()
@@ -294,9 +322,20 @@ class Engine:
             logits = self.model(tokens, cache=view).logits[:, -1]
             view.observer = None
             self.policy.after_step(view)
+            plain = all(
+                r.params.greedy and r.params.repetition_penalty == 1 and r.top_logprobs is None for r in running
+            )
+            if plain:  # one argmax for the batch
+                for request, token in zip(running, logits.argmax(dim=-1).tolist(), strict=True):
+                    request.steps += 1
+                    self._emit(request, token)
+                return self._count_decode(start)
             for request, row_logits in zip(running, logits, strict=True):  # rows move as requests finish
                 request.steps += 1
                 self._accept(request, row_logits)
+        self._count_decode(start)
+
+    def _count_decode(self, start: float) -> None:
         self.stats.forwards += 1
         self.stats.decode_seconds += time.perf_counter() - start
 

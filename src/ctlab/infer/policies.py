@@ -36,6 +36,7 @@ class KVPolicy:
     """Keeps every entry; subclasses say what to evict."""
 
     name = "full"
+    observes_prefill = False  # True: asks for each row's prefill queries (the engine prefills rows one at a time)
 
     def check(self, context: int) -> None:
         """Refuse settings that do not fit a cache of ``context`` positions (:class:`UserError`)."""
@@ -115,6 +116,7 @@ def last_positions(end: int, count: int, device) -> torch.Tensor:
 
 class SnapKV(KVPolicy):
     name = "snapkv"
+    observes_prefill = True
 
     def __init__(self, capacity: int = 2048, window: int = 32, kernel: int = 5, pooling: str = "avg"):
         self.capacity, self.window, self.kernel, self.pooling = capacity, window, kernel, pooling
@@ -160,6 +162,7 @@ class SnapKV(KVPolicy):
 
 class CORM(KVPolicy):
     name = "corm"
+    observes_prefill = True
 
     def __init__(self, window: int = 32, recent: int = 32):
         self.window, self.recent = window, recent

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from ctlab.errors import UserError
+from ctlab.infer.layout import decode_layout
 from ctlab.infer.sampling import next_token_distribution
 from ctlab.model.cache import KVCache
 from ctlab.model.decoder import Decoder
@@ -136,6 +137,7 @@ class DraftModel(Speculator):
                 f"the draft model's context ({self.draft.config.max_position_embeddings:,}) is shorter "
                 f"than the engine's ({engine.context:,})"
             )
+        decode_layout(self.draft)
         self.cache = KVCache.for_model(self.draft, engine.max_batch, engine.context + engine.prefill_chunk)
 
     def on_prefill(self, engine: Engine, row: int, prompt: list[int]) -> None:
