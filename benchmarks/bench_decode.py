@@ -170,12 +170,15 @@ def main() -> None:
         )
     print(text_table(rows))
     for r in results:
-        print(f"{r['preset']}: {r['weight_bytes'] / 2**20:.1f} MiB of weights, bandwidth {r['bandwidth_gb_s']:.1f} GB/s")
+        print(
+            f"{r['preset']}: {r['weight_bytes'] / 2**20:.1f} MiB of weights, bandwidth {r['bandwidth_gb_s']:.1f} GB/s"
+        )
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     summary = {
         "date": time.strftime("%Y-%m-%d"),
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads",
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}",
+        "threads": torch.get_num_threads(),
         "args": vars(args),
         "results": results,
     }

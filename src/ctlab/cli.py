@@ -26,9 +26,9 @@ GROUPS = {  # command → (help, the modules that register its subcommands with 
     "eval": ("stage 7: evaluate models", ("ctlab.eval.cli",)),
 }
 COMMANDS = {  # command → (help, "module" with register(parser), or "module:function")
-    "generate": ("generate text with the inference engine", "ctlab.infer.cli:register_generate"),
-    "chat": ("chat with a model in the terminal", "ctlab.infer.cli:register_chat"),
-    "serve": ("serve a model over an OpenAI-compatible HTTP API", "ctlab.infer.cli:register_serve"),
+    "generate": ("stage 6: generate text from a prompt or chat messages", "ctlab.infer.cli:register_generate"),
+    "chat": ("stage 6: chat with a model in the terminal", "ctlab.infer.cli:register_chat"),
+    "serve": ("stage 6: serve a model over an OpenAI-compatible HTTP API", "ctlab.infer.cli:register_serve"),
     "demo": ("run the main job on built-in data", "ctlab.demo"),
 }
 
@@ -39,16 +39,16 @@ def build_parser(argv: list[str]) -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"ctlab {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     chosen = next((arg for arg in argv if not arg.startswith("-")), None)
-    for name, (text, target) in COMMANDS.items():
-        command = commands.add_parser(name, help=text)
-        if name == chosen:
-            module, _, function = target.partition(":")
-            getattr(importlib.import_module(module), function or "register")(command)
     for name, (text, modules) in GROUPS.items():
         group = commands.add_parser(name, help=text, description=text[0].upper() + text[1:] + ".")
         subcommands = group.add_subparsers(dest=f"{name}_command", metavar="COMMAND", required=True)
         for module in modules if name == chosen else ():
             importlib.import_module(module).register(subcommands)
+    for name, (text, target) in COMMANDS.items():
+        command = commands.add_parser(name, help=text)
+        if name == chosen:
+            module, _, function = target.partition(":")
+            getattr(importlib.import_module(module), function or "register")(command)
     return parser
 
 

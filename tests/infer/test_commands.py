@@ -138,3 +138,30 @@ def test_a_draft_with_another_tokenizer_is_refused(text_model, tmp_path, capsys)
     (other / "tokenizer.json").write_text(json.dumps(tokenizer))
     assert main(["generate", str(text_model), "--prompt", "x", "--speculate", "draft", "--draft", str(other)]) == 2
     assert "another tokenizer" in capsys.readouterr().err
+
+
+class Letters:
+    """A stand-in text model: token i decodes to the i-th lowercase letter."""
+
+    @staticmethod
+    def decode(ids):
+        return "".join(chr(ord("a") + i) for i in ids)
+
+
+def test_the_earliest_stop_string_wins_and_later_tokens_do_not_count():
+    stream = TextStream(Letters(), ["cd", "bc"])
+    pieces = [stream.push(t) for t in (0, 1, 2, 3)]  # a b c d
+    assert stream.text == "a" and "".join(pieces) == "a" and stream.stopped
+    assert stream.kept == 3 and stream.push(4) == "" and stream.kept == 3  # "c" completed "bc"
+
+
+def test_a_chat_template_that_refuses_is_a_one_line_error(text_model, tmp_path):
+    import shutil
+
+    folder = tmp_path / "model"
+    shutil.copytree(text_model, folder)
+    (folder / "chat_template.jinja").write_text("{{ raise_exception('roles must alternate') }}")
+    from ctlab.errors import UserError
+
+    with pytest.raises(UserError, match="refuses these messages.*roles must alternate"):
+        TextModel(folder).chat_prompt([{"role": "user", "content": "x"}])

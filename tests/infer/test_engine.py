@@ -157,3 +157,38 @@ def test_bad_requests_are_one_line_errors():
         engine.add([5, 6])
     with pytest.raises(UserError, match="beyond the model's 256 positions"):
         Engine(model, context=1000)
+
+
+def test_abort_frees_every_row_and_the_engine_starts_clean():
+    model = tiny_model()
+    engine = Engine(model, max_batch=2)
+    running = [engine.add(p, SamplingParams(max_new_tokens=30, ignore_eos=True)) for p in prompts(5, 9, 7)]
+    engine.step()
+    engine.step()
+    engine.abort("error")
+    assert all(r.finish_reason == "error" for r in running) and not engine.busy
+    assert (engine.cache.lengths == 0).all() and (engine.cache.end == 0).all()
+    fresh = engine.generate([prompts(6)[0]], GREEDY)[0]
+    assert fresh.output == Engine(model).generate([prompts(6)[0]], GREEDY)[0].output
+
+
+def test_cancelled_waiting_requests_leave_the_queue_at_once():
+    engine = Engine(tiny_model(), max_batch=1, max_waiting=2)
+    engine.add(prompts(5)[0], SamplingParams(max_new_tokens=50, ignore_eos=True))
+    engine.step()  # the first runs
+    waiting = [engine.add(prompts(6)[0], GREEDY), engine.add(prompts(7)[0], GREEDY)]
+    with pytest.raises(QueueFull):
+        engine.add([5, 6])
+    for request in waiting:
+        engine.cancel(request)
+    engine.step()
+    assert len(engine.waiting) == 0 and all(r.finish_reason == "cancelled" for r in waiting)
+    engine.add([5, 6])  # room again, while the first still runs
+    assert len(engine.running) == 1
+
+
+def test_seeds_beyond_64_bits_are_refused():
+    from ctlab.config import ConfigError
+
+    with pytest.raises(ConfigError, match="seed"):
+        SamplingParams.of(seed=2**64)

@@ -112,9 +112,13 @@ def test_completions_with_logprobs_and_stop(server, text_model):
     assert len(logprobs.token_logprobs) == len(expected.output) and all(lp <= 0 for lp in logprobs.token_logprobs)
     assert all(len(top) <= 2 for top in logprobs.top_logprobs)
     text = reply.choices[0].text
-    if len(text) > 3:
-        cut = api.completions.create(model="model", prompt="今天", max_tokens=8, temperature=0, stop=[text[2:4]])
-        assert cut.choices[0].text == text[: text.index(text[2:4])] and cut.choices[0].finish_reason == "stop"
+    assert len(text) > 3
+    stop = text[2:4]
+    cut = api.completions.create(model="model", prompt="今天", max_tokens=8, temperature=0, stop=[stop], logprobs=1)
+    assert cut.choices[0].text == text[: text.index(stop)] and cut.choices[0].finish_reason == "stop"
+    kept = cut.usage.completion_tokens  # up to the token that completed the stop string, none after
+    assert kept < len(expected.output) and len(cut.choices[0].logprobs.token_logprobs) == kept
+    assert TextModel(text_model).decode(expected.output[: kept - 1]).find(stop) < 0
     chat = api.chat.completions.create(
         model="model", messages=USER, max_tokens=4, temperature=0, logprobs=True, top_logprobs=3
     )
@@ -207,3 +211,34 @@ def test_serve_refuses_a_bad_model_in_one_line(tmp_path):
     )
     assert result.returncode == 2 and result.stderr.strip().startswith("ctlab: error:")
     assert json.dumps(result.stderr).count("\\n") == 1
+
+
+def test_a_failing_step_answers_500_and_the_engine_recovers(text_model):
+    """In process: the model fails once mid-request; that client gets a 500 in OpenAI's shape,
+    the engine frees its rows, and the next request is answered as usual."""
+    from fastapi.testclient import TestClient
+
+    from ctlab.infer.server import make_app
+
+    text = TextModel(text_model)
+    engine = Engine(load_model(text_model), max_batch=2)
+    app = make_app(engine, text, "model")
+    body = {"model": "model", "messages": USER, "max_tokens": 8, "temperature": 0}
+    forward = engine.model.forward
+    calls = []
+
+    def failing(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            raise RuntimeError("a fault")
+        return forward(*args, **kwargs)
+
+    with TestClient(app) as http:
+        engine.model.forward = failing
+        broken = http.post("/v1/chat/completions", json=body)
+        engine.model.forward = forward
+        assert broken.status_code == 500 and broken.json()["error"]["type"] == "server_error"
+        assert (engine.cache.lengths == 0).all() and engine.running == []
+        fine = http.post("/v1/chat/completions", json=body)
+    expected = reference(text_model, text.chat_prompt(USER), 8, chat=True)
+    assert fine.status_code == 200 and fine.json()["choices"][0]["message"]["content"] == text.decode(expected.output)

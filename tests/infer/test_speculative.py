@@ -11,6 +11,7 @@ from ctlab.infer.engine import Engine
 from ctlab.infer.policies import SnapKV, StreamingCache
 from ctlab.infer.sampling import SamplingParams
 from ctlab.infer.speculative import DraftModel, LayerSkip, PromptLookup, verify
+from ctlab.infer.triforce import TriForce
 from ctlab.model.decoder import Decoder
 
 GREEDY = SamplingParams(max_new_tokens=14, ignore_eos=True)
@@ -129,14 +130,16 @@ def test_greedy_verification_needs_no_randomness():
     assert verify(p, one_hot[[2, 1]], [2, 1], None) == (2, 3)
 
 
-def test_sampled_speculation_keeps_the_models_distribution():
+@pytest.mark.parametrize("strategy", ["draft", "triforce"])
+def test_sampled_speculation_keeps_the_models_distribution(strategy):
     """On a 6-token vocabulary, sampling with a draft model that disagrees with the target and
     plain sampling give the same distribution of the third new token — a draft whenever the
     first round keeps both of its drafts — over 2000 seeded requests each, while the draft's
-    own distribution is far from it (an accept-everything rule fails here)."""
+    own distribution is far from it (an accept-everything rule fails here). TriForce's middle
+    level sees a retrieval cache of 8 of the prompt's 40 entries."""
     shape = dict(vocab_size=6, num_kv_heads=2, bos_token_id=None, eos_token_id=None, pad_token_id=None)
     model, draft = tiny_model(**shape), tiny_model(**shape)
-    prompt = [1, 4, 2, 5, 3]
+    prompt = [1, 4, 2, 5, 3] * 8
 
     def third_tokens(model, speculator=None):
         engine = Engine(model, max_batch=64, speculator=speculator)
@@ -147,8 +150,12 @@ def test_sampled_speculation_keeps_the_models_distribution():
         assert all(len(r.output) == 4 for r in requests)
         return torch.bincount(torch.tensor([r.output[2] for r in requests]), minlength=6).float() / 2000
 
+    if strategy == "draft":
+        speculator = DraftModel(draft, num_speculations=2)
+    else:
+        speculator = TriForce(draft, budget=8, chunk=4, num_speculations=2, draft_speculations=1, sinks=2, recent=6)
     plain = third_tokens(model)
-    speculative = third_tokens(model, DraftModel(draft, num_speculations=2))
+    speculative = third_tokens(model, speculator)
     assert 0.5 * (plain - speculative).abs().sum() < 0.06  # total variation; ~0.03 expected by chance
     assert 0.5 * (plain - third_tokens(draft)).abs().sum() > 0.12  # the draft alone is another distribution
 

@@ -20,7 +20,10 @@ def read_messages(value: str) -> list:
     """``--messages``: JSON text, or the path of a JSON file."""
     text = value
     if not value.lstrip().startswith("[") and Path(value).is_file():
-        text = Path(value).read_text(encoding="utf-8")
+        try:
+            text = Path(value).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as err:
+            raise UserError(f"cannot read --messages {value}: {getattr(err, 'strerror', None) or err}") from None
     try:
         return json.loads(text)
     except json.JSONDecodeError as err:
@@ -51,9 +54,12 @@ def _generate(args: argparse.Namespace) -> int:
         if stream.stopped:
             engine.cancel(request, "stop")
     tail = stream.finish()
-    summary = request.summary()
+    summary = {**request.summary(), "new_tokens": stream.kept}  # none after a stop string
+    if stream.stopped:
+        summary["finish_reason"] = "stop"
     if args.json:
-        out = {"text": stream.text, "token_ids": request.output, "prompt_token_ids": prompt, "stats": summary}
+        token_ids = request.output[: stream.kept]
+        out = {"text": stream.text, "token_ids": token_ids, "prompt_token_ids": prompt, "stats": summary}
         print(json.dumps(out, ensure_ascii=False))
     else:
         print(tail)

@@ -15,6 +15,7 @@ after a prefill and after each step. ``add`` and ``cancel`` may be called from a
 
 from __future__ import annotations
 
+import collections
 import itertools
 import queue
 import threading
@@ -27,13 +28,13 @@ import torch
 from ctlab.errors import UserError
 from ctlab.infer.layout import decode_layout
 from ctlab.infer.policies import FullCache, KVPolicy
-from ctlab.infer.sampling import SamplingParams, choose, next_token_distribution
-from ctlab.infer.speculative import Speculator, verify
-from ctlab.model.cache import KVCache
+from ctlab.infer.sampling import SamplingParams, choose
+from ctlab.infer.speculative import Speculator, target_distributions, verify
+from ctlab.model.cache import KVCache, Observer
 from ctlab.model.decoder import Decoder
 
 
-@dataclass
+@dataclass(eq=False)  # a request is itself: compared by identity
 class Request:
     """One generation: its prompt, its parameters, and what it has produced so far.
 
@@ -94,10 +95,12 @@ class Request:
         }
 
     def publish(self, token: int | None) -> None:
-        """Hand a new token (None: the end) to whoever follows the request."""
-        self.events.put(token)
+        """Hand a new token (None: the end) to whoever follows the request: its listener, or
+        else its queue of events."""
         if self.listener is not None:
             self.listener(token)
+        else:
+            self.events.put(token)
 
     def tokens(self, timeout: float | None = None) -> Iterator[int]:
         """The request's new tokens as the engine produces them (for a thread other than the
@@ -157,12 +160,11 @@ class Engine:
         if speculator is not None:
             speculator.prepare(self)
         self.running: list[Request] = []
-        self.waiting: queue.SimpleQueue[Request] = queue.SimpleQueue()
+        self.waiting: collections.deque[Request] = collections.deque()  # guarded by _lock
         self.cancelled: queue.SimpleQueue[tuple[Request, str]] = queue.SimpleQueue()
         self.stats = Stats()
         self._ids = itertools.count()
         self._lock = threading.Lock()
-        self._waiting_count = 0
 
     # ------------------------------------------------------------------ requests
 
@@ -188,17 +190,16 @@ class Engine:
         vocab = self.model.config.vocab_size
         if min(prompt) < 0 or max(prompt) >= vocab:
             raise UserError(f"prompt token ids must be in [0, {vocab})")
-        with self._lock:
-            if self.max_waiting is not None and self._waiting_count >= self.max_waiting:
-                raise QueueFull(f"{self._waiting_count} requests are already waiting")
-            self._waiting_count += 1
         request = Request(next(self._ids), list(prompt), params, top_logprobs=top_logprobs, listener=listener)
         request.generator = torch.Generator(self.device)
         if params.seed is None:
             request.generator.seed()
         else:
             request.generator.manual_seed(params.seed)
-        self.waiting.put(request)
+        with self._lock:
+            if self.max_waiting is not None and len(self.waiting) >= self.max_waiting:
+                raise QueueFull(f"{len(self.waiting)} requests are already waiting")
+            self.waiting.append(request)
         return request
 
     def cancel(self, request: Request, reason: str = "cancelled") -> None:
@@ -208,7 +209,22 @@ class Engine:
 
     @property
     def busy(self) -> bool:
-        return bool(self.running) or not self.waiting.empty()
+        return bool(self.running) or bool(self.waiting) or not self.cancelled.empty()
+
+    def abort(self, reason: str = "error") -> None:
+        """End every running and waiting request with ``reason`` and free every row (after a
+        failed step: the engine starts clean)."""
+        with self._lock:
+            waiting, self.waiting = list(self.waiting), collections.deque()
+        for request in waiting + self.running:
+            request.finish_reason = reason
+            request.row = None
+            request.publish(None)
+        for row in range(len(self.running)):
+            self.cache.clear_row(row)
+            if self.speculator is not None:
+                self.speculator.clear_row(row)
+        self.running.clear()
 
     # ------------------------------------------------------------------ stepping
 
@@ -218,22 +234,22 @@ class Engine:
         requests into the free rows (each prefilled and its first token chosen)."""
         while not self.cancelled.empty():
             request, reason = self.cancelled.get()
-            if not request.done:
-                request.finish_reason = reason
-                if request.row is None:  # still waiting: it leaves when it would be admitted
-                    continue
+            if request.done:
+                continue
+            request.finish_reason = reason
+            if request.row is not None:
                 self._finish(request)
+                continue
+            with self._lock:  # still waiting: it leaves the queue now
+                if request in self.waiting:
+                    self.waiting.remove(request)
+            request.publish(None)
         if self.running:
             self._decode()
         admitted = []
-        while len(self.running) + len(admitted) < self.max_batch and not self.waiting.empty():
-            request = self.waiting.get()
-            with self._lock:
-                self._waiting_count -= 1
-            if request.done:  # cancelled while waiting
-                request.publish(None)
-                continue
-            admitted.append(request)
+        with self._lock:
+            while self.waiting and len(self.running) + len(admitted) < self.max_batch:
+                admitted.append(self.waiting.popleft())
         if admitted:
             self._prefill(admitted)
 
@@ -272,7 +288,8 @@ class Engine:
         for request in requests:
             request.row = len(self.running)
             self.running.append(request)
-        groups = [[r] for r in requests] if self.policy.observes_prefill else [requests]
+        watched = self.policy.observes_prefill or (self.speculator is not None and self.speculator.observes_prefill)
+        groups = [[r] for r in requests] if watched else [requests]
         first_logits = []
         for group in groups:
             first_logits += self._prefill_rows(group)
@@ -293,7 +310,11 @@ class Engine:
         lengths = [len(r.prompt) for r in group]
         width = max(lengths)
         view = self.cache.rows(group[0].row, group[-1].row + 1)
-        view.observer = self.policy.prefill_observer(view, width) if len(group) == 1 else None
+        if len(group) == 1:
+            observers = [self.policy.prefill_observer(view, width)]
+            if self.speculator is not None:
+                observers.append(self.speculator.prefill_observer(view, width))
+            view.observer = chained([o for o in observers if o is not None])
         ids = torch.tensor([r.prompt + [0] * (width - len(r.prompt)) for r in group], device=self.device)
         last = torch.tensor(lengths, device=self.device)[:, None] - 1  # (B, 1)
         found: list[torch.Tensor | None] = [None] * len(group)
@@ -344,21 +365,13 @@ class Engine:
         per row and gives the target's logits at the last token and each draft; :func:`verify`
         keeps a prefix of each row's drafts and adds one token of the target's; the caches are
         cropped to what was kept."""
-        room = min(self._room(r) for r in running)
+        room = min(self.room(r) for r in running)
         k = max(min(self.speculator.num_speculations, room - 1), 0)
         start = torch.from_numpy(self.cache.end[0, : len(running)].copy())  # position of each row's last token
         drafts, draft_probs, logits = self.speculator.round(self, running, k)
         outcomes = []
         for request, tokens, q, row_logits in zip(running, drafts, draft_probs, logits, strict=True):
-            context = request.prompt + request.output
-            p = torch.stack(
-                [
-                    next_token_distribution(
-                        row_logits[i], request.params, torch.tensor(context + tokens[:i], device=self.device)
-                    )
-                    for i in range(len(tokens) + 1)
-                ]
-            )
+            p = target_distributions(row_logits, request, request.prompt + request.output, tokens)
             accepted, token = verify(p, q, tokens, request.generator)
             request.steps += 1
             request.drafted += len(tokens)
@@ -373,7 +386,7 @@ class Engine:
                 if not self._emit(request, token):
                     break
 
-    def _room(self, request: Request) -> int:
+    def room(self, request: Request) -> int:
         """How many more tokens ``request`` may make (its budget, the context)."""
         return min(
             request.params.max_new_tokens - len(request.output), self.context - len(request.prompt + request.output)
@@ -413,7 +426,7 @@ class Engine:
             request.output.append(token)
             request.publish(token)
             self.stats.new_tokens += 1
-            if self._room(request) <= 0:
+            if self.room(request) <= 0:
                 request.finish_reason = "length"
         if request.done:
             self._finish(request)
@@ -443,6 +456,18 @@ class Engine:
 
 class QueueFull(UserError):
     """Too many requests are waiting (a server answers 429)."""
+
+
+def chained(observers: list[Observer]) -> Observer | None:
+    """One observer that calls each of ``observers`` in turn (None for none)."""
+    if len(observers) <= 1:
+        return observers[0] if observers else None
+
+    def observe(layer: int, queries: torch.Tensor, cache: KVCache) -> None:
+        for observer in observers:
+            observer(layer, queries, cache)
+
+    return observe
 
 
 def full_bytes(cache: KVCache) -> int:

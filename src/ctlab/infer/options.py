@@ -14,7 +14,7 @@ from ctlab.args import non_negative_int, positive_float, positive_int
 from ctlab.errors import UserError
 
 KV_POLICIES = ("full", "snapkv", "corm", "streaming")
-STRATEGIES = ("none", "draft", "layerskip", "lookup")
+STRATEGIES = ("none", "draft", "layerskip", "triforce", "lookup")
 QUANTIZATIONS = ("none", "int8", "fp8")
 DTYPES = {"float32": "float32", "bfloat16": "bfloat16", "float16": "float16"}
 
@@ -37,10 +37,13 @@ def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
     kv.add_argument("--kv-recent", type=positive_int, help="streaming: recent positions kept (1020); corm (32)")
     speculation = parser.add_argument_group("speculative decoding")
     speculation.add_argument("--speculate", choices=STRATEGIES, default="none", help="drafting strategy (none)")
-    speculation.add_argument("--draft", metavar="MODEL", help="draft: a smaller model with the same tokenizer")
+    speculation.add_argument("--draft", metavar="MODEL", help="draft, triforce: a smaller model, the same tokenizer")
     speculation.add_argument("--exit-layer", type=positive_int, help="layerskip: the layers that draft")
     speculation.add_argument(
-        "--num-speculations", type=positive_int, help="drafts per round (draft 4, layerskip 6, lookup 10)"
+        "--num-speculations", type=positive_int, help="drafts per round (draft 4, layerskip 6, triforce 6, lookup 10)"
+    )
+    speculation.add_argument(
+        "--retrieval-budget", type=positive_int, default=4096, help="triforce: entries of the retrieval cache (4096)"
     )
 
 
@@ -133,18 +136,23 @@ def speculator(args: argparse.Namespace, text, device, dtype):
     from ctlab.runs import latest_checkpoint
     from ctlab.tokens.packed import tokenizer_sha256
 
-    if args.speculate != "draft" and args.draft:
-        raise UserError("--draft is for --speculate draft")
+    if args.speculate not in ("draft", "triforce") and args.draft:
+        raise UserError("--draft is for --speculate draft or triforce")
     if args.speculate != "layerskip" and args.exit_layer:
         raise UserError("--exit-layer is for --speculate layerskip")
     count = args.num_speculations
-    if args.speculate == "draft":
+    if args.speculate in ("draft", "triforce"):
         if not args.draft:
-            raise UserError("--speculate draft needs --draft MODEL")
+            raise UserError(f"--speculate {args.speculate} needs --draft MODEL")
         ours, theirs = tokenizer_sha256(text.folder), tokenizer_sha256(latest_checkpoint(args.draft))
         if ours and theirs and ours != theirs:
             raise UserError(f"the draft {args.draft} has another tokenizer than {args.model}")
-        return DraftModel(load_model(args.draft, device, dtype), count or 4)
+        draft = load_model(args.draft, device, dtype)
+        if args.speculate == "triforce":
+            from ctlab.infer.triforce import TriForce
+
+            return TriForce(draft, budget=args.retrieval_budget, num_speculations=count or 6)
+        return DraftModel(draft, count or 4)
     if args.speculate == "layerskip":
         if not args.exit_layer:
             raise UserError("--speculate layerskip needs --exit-layer E (the layers that draft)")

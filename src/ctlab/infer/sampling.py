@@ -9,6 +9,8 @@ the (penalised) logits.
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import torch
 from pydantic import Field, NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt
 
@@ -23,7 +25,7 @@ class SamplingParams:
     top_p: float = Field(default=1.0, gt=0, le=1)
     min_p: float = Field(default=0.0, ge=0, lt=1)  # drop tokens below min_p × the top probability
     repetition_penalty: PositiveFloat = 1.0  # > 1 discourages tokens already in the context (CTRL)
-    seed: int | None = None  # None: a fresh draw each request
+    seed: Annotated[int, Field(ge=0, lt=2**63)] | None = None  # None: a fresh draw each request
     stop_token_ids: list[NonNegativeInt] = Field(default_factory=list)  # besides the model's end token
     ignore_eos: bool = False
 

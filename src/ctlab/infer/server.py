@@ -32,7 +32,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from ctlab.errors import UserError
 from ctlab.infer.engine import Engine, QueueFull, Request
 from ctlab.infer.sampling import SamplingParams
-from ctlab.infer.text import TextModel, TextStream, check_messages
+from ctlab.infer.text import TextModel, TextStream
 
 
 class EngineThread(threading.Thread):
@@ -52,13 +52,9 @@ class EngineThread(threading.Thread):
                 continue
             try:
                 self.engine.step()
-            except Exception:  # a bug: end every request rather than hang the clients
+            except Exception:  # a bug: end every request (their clients get a 500) and start clean
                 traceback.print_exc()
-                for request in list(self.engine.running):
-                    request.finish_reason = "error"
-                    request.publish(None)
-                self.engine.running.clear()
-                self.engine.cache.lengths[:] = 0
+                self.engine.abort("error")
 
 
 # ---------------------------------------------------------------- request bodies
@@ -122,6 +118,11 @@ def make_app(engine: Engine, text: TextModel, model_name: str, api_key: str | No
     async def _api_error(_, err: APIError):
         return error(err.status, err.message, err.kind, err.param, err.code)
 
+    @app.exception_handler(Exception)
+    async def _bug(_, err: Exception):
+        traceback.print_exception(err)
+        return error(500, f"internal error ({type(err).__name__}); see the server's log", "server_error")
+
     @app.exception_handler(RequestValidationError)
     async def _invalid(_, err: RequestValidationError):
         problem = err.errors()[0]
@@ -179,36 +180,45 @@ def make_app(engine: Engine, text: TextModel, model_name: str, api_key: str | No
         return request, queue
 
     async def tokens(request: Request, queue: asyncio.Queue, stream: TextStream):
-        """(text piece, token index) as tokens arrive; cancels the request if the client leaves."""
-        index = 0
+        """(text piece, indices of the tokens it completes) as tokens arrive, until the request
+        ends or its text reaches a stop string; cancels the request if the client leaves."""
+        pending: list[int] = []
         try:
             while True:
                 token = await queue.get()
                 if token is None:
                     tail = stream.finish()
-                    if tail:
-                        yield tail, None
+                    if tail or pending:
+                        yield tail, pending
                     return
+                pending.append(stream.kept)
                 piece = stream.push(token)
-                yield piece, index
-                index += 1
                 if stream.stopped:
                     engine.cancel(request, "stop")
                     worker.wake.set()
+                    yield piece, pending
+                    return
+                if piece:
+                    yield piece, pending
+                    pending = []
         finally:
             if not request.done:
                 engine.cancel(request)
                 worker.wake.set()
 
+    def check_failed(request: Request) -> None:
+        if request.finish_reason == "error":
+            raise APIError(500, "the engine failed on this request; see the server's log", "server_error")
+
     def finish_reason(request: Request, stream: TextStream) -> str:
         return "stop" if stream.stopped or request.finish_reason == "stop" else "length"
 
-    def usage(request: Request) -> dict:
-        done = len(request.output)
+    def usage(request: Request, stream: TextStream) -> dict:
+        """Tokens the reply is made of (none after a stop string)."""
         return {
             "prompt_tokens": len(request.prompt),
-            "completion_tokens": done,
-            "total_tokens": len(request.prompt) + done,
+            "completion_tokens": stream.kept,
+            "total_tokens": len(request.prompt) + stream.kept,
         }
 
     def token_text(token: int) -> str:
@@ -216,15 +226,17 @@ def make_app(engine: Engine, text: TextModel, model_name: str, api_key: str | No
 
     def chat_logprob(request: Request, index: int) -> dict:
         logprob, alternatives = request.logprobs[index]
-        token = request.output[index]
-        entry = lambda t, lp: {"token": token_text(t), "logprob": lp, "bytes": list(token_text(t).encode())}  # noqa: E731
-        return {**entry(token, logprob), "top_logprobs": [entry(t, lp) for t, lp in alternatives]}
+
+        def entry(token: int, value: float) -> dict:
+            return {"token": token_text(token), "logprob": value, "bytes": text.token_bytes(token)}
+
+        return {**entry(request.output[index], logprob), "top_logprobs": [entry(t, v) for t, v in alternatives]}
 
     def stops(body: _Body) -> list[str]:
         return [body.stop] if isinstance(body.stop, str) else list(body.stop or [])
 
-    async def _wait(request: Request, queue, stream, http: HTTPRequest) -> list[tuple[str, int | None]]:
-        pieces = []
+    async def wait(request: Request, queue, stream, http: HTTPRequest) -> None:
+        """Consume the reply; a client that closes the connection meanwhile cancels it."""
         generator = tokens(request, queue, stream)
         try:
             while True:
@@ -233,19 +245,31 @@ def make_app(engine: Engine, text: TextModel, model_name: str, api_key: str | No
                     await asyncio.wait([waiter], timeout=0.5)
                     if not waiter.done() and await http.is_disconnected():
                         waiter.cancel()
+                        await asyncio.gather(waiter, return_exceptions=True)
                         raise APIError(499, "the client closed the connection")
                 try:
-                    pieces.append(waiter.result())
+                    waiter.result()
                 except StopAsyncIteration:
-                    return pieces
+                    return
         finally:
             await generator.aclose()
+
+    def error_event() -> str:
+        return sse(
+            {
+                "error": {
+                    "message": "the engine failed on this request",
+                    "type": "server_error",
+                    "param": None,
+                    "code": None,
+                }
+            }
+        )
 
     @app.post("/v1/chat/completions")
     async def _chat(body: ChatBody, http: HTTPRequest):
         check_model(body)
         try:
-            check_messages(body.messages)
             prompt = text.chat_prompt(body.messages)
         except UserError as err:
             raise APIError(400, str(err), param="messages") from None
@@ -254,10 +278,10 @@ def make_app(engine: Engine, text: TextModel, model_name: str, api_key: str | No
             prompt, body, body.max_completion_tokens or body.max_tokens, top, asyncio.get_running_loop()
         )
         stream = TextStream(text, stops(body))
-        ident = f"chatcmpl-{uuid.uuid4().hex[:24]}"
-        head = {"id": ident, "created": int(time.time()), "model": model_name}
+        head = {"id": f"chatcmpl-{uuid.uuid4().hex[:24]}", "created": int(time.time()), "model": model_name}
         if not body.stream:
-            await _wait(request, queue, stream, http)
+            await wait(request, queue, stream, http)
+            check_failed(request)
             choice = {
                 "index": 0,
                 "message": {"role": "assistant", "content": stream.text},
@@ -265,25 +289,32 @@ def make_app(engine: Engine, text: TextModel, model_name: str, api_key: str | No
                 "logprobs": None,
             }
             if top is not None:
-                choice["logprobs"] = {"content": [chat_logprob(request, i) for i in range(len(request.output))]}
-            return {**head, "object": "chat.completion", "choices": [choice], "usage": usage(request)}
+                choice["logprobs"] = {"content": [chat_logprob(request, i) for i in range(stream.kept)]}
+            return {**head, "object": "chat.completion", "choices": [choice], "usage": usage(request, stream)}
+
+        def chunk(delta, reason=None, logprobs=None):
+            choice = {"index": 0, "delta": delta, "finish_reason": reason, "logprobs": logprobs}
+            return sse({**head, "object": "chat.completion.chunk", "choices": [choice]})
 
         async def events():
-            def chunk(delta, reason=None, logprobs=None):
-                choice = {"index": 0, "delta": delta, "finish_reason": reason, "logprobs": logprobs}
-                return sse({**head, "object": "chat.completion.chunk", "choices": [choice]})
-
-            yield chunk({"role": "assistant", "content": ""})
-            async for piece, index in tokens(request, queue, stream):
-                logprobs = None
-                if top is not None and index is not None and index < len(request.logprobs):
-                    logprobs = {"content": [chat_logprob(request, index)]}
-                if piece or logprobs:
+            try:
+                yield chunk({"role": "assistant", "content": ""})
+                async for piece, indices in tokens(request, queue, stream):
+                    logprobs = None if top is None else {"content": [chat_logprob(request, i) for i in indices]}
                     yield chunk({"content": piece}, logprobs=logprobs)
-            yield chunk({}, finish_reason(request, stream))
-            if (body.stream_options or {}).get("include_usage"):
-                yield sse({**head, "object": "chat.completion.chunk", "choices": [], "usage": usage(request)})
-            yield "data: [DONE]\n\n"
+                if request.finish_reason == "error":
+                    yield error_event()
+                else:
+                    yield chunk({}, finish_reason(request, stream))
+                    if (body.stream_options or {}).get("include_usage"):
+                        yield sse(
+                            {**head, "object": "chat.completion.chunk", "choices": [], "usage": usage(request, stream)}
+                        )
+                yield "data: [DONE]\n\n"
+            finally:  # also when the client leaves before the first token
+                if not request.done:
+                    engine.cancel(request)
+                    worker.wake.set()
 
         return StreamingResponse(events(), media_type="text/event-stream")
 
@@ -293,47 +324,59 @@ def make_app(engine: Engine, text: TextModel, model_name: str, api_key: str | No
         prompt = list(body.prompt) if isinstance(body.prompt, list) else text.encode(body.prompt)
         request, queue = submit(prompt, body, body.max_tokens, body.logprobs, asyncio.get_running_loop())
         stream = TextStream(text, stops(body))
-        ident = f"cmpl-{uuid.uuid4().hex[:24]}"
-        head = {"id": ident, "created": int(time.time()), "model": model_name, "object": "text_completion"}
+        head = {
+            "id": f"cmpl-{uuid.uuid4().hex[:24]}",
+            "created": int(time.time()),
+            "model": model_name,
+            "object": "text_completion",
+        }
 
-        def logprobs_of(indices: list[int]) -> dict | None:
+        def logprobs_of(indices: list[int], offset: int) -> dict | None:
+            """OpenAI's completion logprobs of the tokens at ``indices``, their text starting at
+            character ``offset`` of the reply."""
             if body.logprobs is None:
                 return None
-            chosen = [request.logprobs[i] for i in indices if i < len(request.logprobs)]
+            texts = [token_text(request.output[i]) for i in indices]
+            offsets = [offset + sum(len(t) for t in texts[:j]) for j in range(len(texts))]
             return {
-                "tokens": [token_text(request.output[i]) for i in indices if i < len(request.logprobs)],
-                "token_logprobs": [lp for lp, _ in chosen],
-                "top_logprobs": [{token_text(t): v for t, v in alts} for _, alts in chosen],
+                "tokens": texts,
+                "token_logprobs": [request.logprobs[i][0] for i in indices],
+                "top_logprobs": [{token_text(t): v for t, v in request.logprobs[i][1]} for i in indices],
+                "text_offset": offsets,
             }
 
         if not body.stream:
-            await _wait(request, queue, stream, http)
+            await wait(request, queue, stream, http)
+            check_failed(request)
             choice = {
                 "index": 0,
                 "text": stream.text,
                 "finish_reason": finish_reason(request, stream),
-                "logprobs": logprobs_of(list(range(len(request.output)))),
+                "logprobs": logprobs_of(list(range(stream.kept)), 0),
             }
-            return {**head, "choices": [choice], "usage": usage(request)}
+            return {**head, "choices": [choice], "usage": usage(request, stream)}
 
         async def events():
-            async for piece, index in tokens(request, queue, stream):
-                if piece:
-                    logprobs = logprobs_of([index]) if index is not None else None
+            try:
+                sent = 0
+                async for piece, indices in tokens(request, queue, stream):
+                    choice = {"index": 0, "text": piece, "finish_reason": None, "logprobs": logprobs_of(indices, sent)}
+                    sent += len(piece)
+                    yield sse({**head, "choices": [choice]})
+                if request.finish_reason == "error":
+                    yield error_event()
+                else:
+                    reason = finish_reason(request, stream)
                     yield sse(
-                        {**head, "choices": [{"index": 0, "text": piece, "finish_reason": None, "logprobs": logprobs}]}
+                        {**head, "choices": [{"index": 0, "text": "", "finish_reason": reason, "logprobs": None}]}
                     )
-            yield sse(
-                {
-                    **head,
-                    "choices": [
-                        {"index": 0, "text": "", "finish_reason": finish_reason(request, stream), "logprobs": None}
-                    ],
-                }
-            )
-            if (body.stream_options or {}).get("include_usage"):
-                yield sse({**head, "choices": [], "usage": usage(request)})
-            yield "data: [DONE]\n\n"
+                    if (body.stream_options or {}).get("include_usage"):
+                        yield sse({**head, "choices": [], "usage": usage(request, stream)})
+                yield "data: [DONE]\n\n"
+            finally:
+                if not request.done:
+                    engine.cancel(request)
+                    worker.wake.set()
 
         return StreamingResponse(events(), media_type="text/event-stream")
 

@@ -28,7 +28,7 @@ import torch
 from ctlab.errors import UserError
 from ctlab.infer.layout import decode_layout
 from ctlab.infer.sampling import next_token_distribution
-from ctlab.model.cache import KVCache
+from ctlab.model.cache import KVCache, Observer
 from ctlab.model.decoder import Decoder
 
 if TYPE_CHECKING:
@@ -58,10 +58,23 @@ def verify(target: torch.Tensor, draft: torch.Tensor, tokens: list[int], generat
     return len(tokens), draw(target[len(tokens)], generator)
 
 
+def target_distributions(logits: torch.Tensor, request, context: list[int], tokens: list[int]) -> torch.Tensor:
+    """The distributions (n + 1, V) a model's logits (≥ n + 1, V) give after ``context`` and after
+    each of the n drafted ``tokens``, under ``request``'s sampling parameters."""
+    device = logits.device
+    return torch.stack(
+        [
+            next_token_distribution(logits[i], request.params, torch.tensor(context + tokens[:i], device=device))
+            for i in range(len(tokens) + 1)
+        ]
+    )
+
+
 class Speculator:
     """Drafts tokens for the running rows of an engine and gives the target's logits at them."""
 
     name = "none"
+    observes_prefill = False  # True: prefill_observer watches each row's prompt (rows prefilled one at a time)
 
     def __init__(self, num_speculations: int = 4):
         if num_speculations < 1:
@@ -72,6 +85,10 @@ class Speculator:
         """Check the engine's model and settings and allocate what the strategy needs."""
         if engine.policy.name in ("streaming", "corm"):
             raise UserError(f"speculative decoding does not combine with the {engine.policy.name} policy")
+
+    def prefill_observer(self, cache: KVCache, prompt_length: int) -> Observer | None:
+        """What to call with each layer's queries while a row's prompt is prefilled."""
+        return None
 
     def on_prefill(self, engine: Engine, row: int, prompt: list[int]) -> None:
         """A request's prompt entered row ``row`` of the engine's cache."""
@@ -113,6 +130,21 @@ def draft_from(logits: torch.Tensor, running: list[Request], drafts: list[list[i
     return distributions
 
 
+def catch_up(model: Decoder, cache: KVCache, sequences: list[list[int]]) -> None:
+    """Feed a draft ``model`` the tokens of each row's sequence its ``cache`` has not seen, all
+    but the last (a rejected draft's replacement, the target's bonus token), in one forward:
+    rows with fewer are right-padded and the padding's entries cropped."""
+    seen = cache.end[0].tolist()
+    missing = [sequence[start:-1] for sequence, start in zip(sequences, seen, strict=True)]
+    width = max(map(len, missing))
+    if width == 0:
+        return
+    device = model.norm.weight.device
+    tokens = torch.tensor([m + [0] * (width - len(m)) for m in missing], device=device)
+    model(tokens, cache=cache, logits_index=torch.zeros(len(missing), 1, dtype=torch.long, device=device))
+    cache.crop(torch.tensor([start + len(m) for start, m in zip(seen, missing, strict=True)]))
+
+
 def stacked(rows: list[list[torch.Tensor]], vocab: int, device) -> list[torch.Tensor]:
     return [torch.stack(r) if r else torch.zeros(0, vocab, device=device) for r in rows]
 
@@ -151,12 +183,7 @@ class DraftModel(Speculator):
         count = len(running)
         view = self.cache.rows(0, count)
         device = self.draft.norm.weight.device
-        # tokens the draft has not seen (the last one, and the target's bonus after a full acceptance)
-        for row, request in enumerate(running):
-            context = request.prompt + request.output
-            missing = context[int(view.end[0, row]) : -1]
-            if missing:
-                self.draft(torch.tensor([missing], device=device), cache=view.rows(row, row + 1))
+        catch_up(self.draft, view, [r.prompt + r.output for r in running])
         drafts: list[list[int]] = [[] for _ in running]
         distributions: list[list[torch.Tensor]] = [[] for _ in running]
         last = torch.tensor([[r.output[-1]] for r in running], device=device)

@@ -30,6 +30,20 @@ class TextModel:
             self.tokenizer = AutoTokenizer.from_pretrained(str(self.folder))
         except (OSError, ValueError) as err:
             raise UserError(f"{folder}: its tokenizer does not load ({str(err).splitlines()[0]})") from None
+        self.generation_eos: list[int] = []  # the end tokens of generation_config.json, if any
+        config = self.folder / "generation_config.json"
+        if config.is_file():
+            try:
+                eos = json.loads(config.read_text()).get("eos_token_id")
+            except (json.JSONDecodeError, AttributeError, UnicodeDecodeError):
+                raise UserError(f"{config} is not a JSON object") from None
+            self.generation_eos = [e for e in (eos if isinstance(eos, list) else [eos]) if isinstance(e, int)]
+        self._byte_of: dict[str, int] = {}  # byte-level BPE: the character standing for each byte
+        backend = getattr(self.tokenizer, "backend_tokenizer", None)
+        if backend is not None and "ByteLevel" in json.dumps(json.loads(backend.to_str()).get("decoder")):
+            from transformers.convert_slow_tokenizer import bytes_to_unicode
+
+            self._byte_of = {char: byte for byte, char in bytes_to_unicode().items()}
 
     def encode(self, text: str) -> list[int]:
         """Token ids of a plain prompt (with the tokenizer's begin-of-text token, if it adds one)."""
@@ -41,23 +55,29 @@ class TextModel:
         check_messages(messages)
         if not self.tokenizer.chat_template:
             raise UserError(f"{self.folder}'s tokenizer has no chat template: use --prompt")
-        text = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        try:
+            text = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        except Exception as err:  # jinja's TemplateError and the template's own raise_exception
+            raise UserError(f"the chat template refuses these messages ({str(err).splitlines()[0]})") from None
         return list(self.tokenizer(text, add_special_tokens=False).input_ids)
 
     def stop_ids(self, chat: bool) -> list[int]:
         """The tokenizer's end-of-text token, the model's generation config's, and for chat the
         end-of-turn tokens the tokenizer knows."""
-        ids = set()
+        ids = set(self.generation_eos)
         if self.tokenizer.eos_token_id is not None:
             ids.add(self.tokenizer.eos_token_id)
-        config = self.folder / "generation_config.json"
-        if config.is_file():
-            eos = json.loads(config.read_text()).get("eos_token_id")
-            ids.update(eos if isinstance(eos, list) else [eos] if isinstance(eos, int) else [])
         if chat:
             vocab = self.tokenizer.get_vocab()
             ids.update(vocab[token] for token in END_OF_TURN if token in vocab)
         return sorted(ids)
+
+    def token_bytes(self, token: int) -> list[int]:
+        """The bytes of one token (a byte-level token may hold part of a character)."""
+        piece = self.tokenizer.convert_ids_to_tokens(token)
+        if self._byte_of and piece and all(c in self._byte_of for c in piece):
+            return [self._byte_of[c] for c in piece]
+        return list(self.tokenizer.decode([token]).encode())
 
     def decode(self, ids: list[int]) -> str:
         return self.tokenizer.decode(ids, skip_special_tokens=True)
@@ -79,7 +99,8 @@ class TextStream:
 
     ``push`` returns the new final text: text ending in a partial character (U+FFFD) or in
     what could begin a stop string waits for the next token. Once a stop string appears the
-    text ends before it and ``stopped`` is set.
+    text ends before the earliest one, ``stopped`` is set and ``kept`` is the number of tokens
+    that count (up to the one that completed the stop string; later ones are ignored).
     """
 
     def __init__(self, text_model: TextModel, stop: list[str] | None = None):
@@ -89,7 +110,13 @@ class TextStream:
         self.text = ""  # final text given out so far
         self.stopped = False
 
+    @property
+    def kept(self) -> int:
+        return len(self.ids)
+
     def push(self, token: int) -> str:
+        if self.stopped:
+            return ""
         self.ids.append(token)
         return self._advance(final=False)
 
@@ -101,11 +128,11 @@ class TextStream:
         if self.stopped:
             return ""
         decoded = self.text_model.decode(self.ids)
-        for stop in self.stop:
-            at = decoded.find(stop, max(len(self.text) - len(stop), 0))
-            if at >= 0:
-                decoded, self.stopped = decoded[:at], True
-        if not self.stopped and not final:
+        found = [decoded.find(stop, max(len(self.text) - len(stop) + 1, 0)) for stop in self.stop]
+        found = [at for at in found if at >= 0]
+        if found:
+            decoded, self.stopped = decoded[: min(found)], True
+        elif not final:
             if decoded.endswith("\ufffd"):
                 return ""
             decoded = decoded[: len(decoded) - held_back(decoded, self.stop)]

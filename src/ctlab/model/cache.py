@@ -95,10 +95,6 @@ class KVCache:
         per_entry = 2 * self.keys[0].shape[3] * self.keys[0].element_size()
         return int(self.lengths.sum()) * per_entry
 
-    def allocated_bytes(self) -> int:
-        tensors = [*self.keys, *self.values, *self.positions, *(self.marks or [])]
-        return sum(t.nbytes for t in tensors)
-
     def rows(self, start: int, stop: int) -> KVCache:
         """A view of rows [start, stop): writes through it land in this cache."""
         view = object.__new__(KVCache)
@@ -167,6 +163,20 @@ class KVCache:
             return cached_keys, cached_values, None, False
         mask = cached_positions[:, :, None, :] <= positions[:, None, :, None]
         return cached_keys, cached_values, mask, False
+
+    def fill(self, layer: int, keys: torch.Tensor, values: torch.Tensor, positions: torch.Tensor, end) -> None:
+        """Make ``layer`` hold exactly the entries keys, values (B, H_kv, n, D) at ``positions``
+        (B, H_kv, n), in order of position, with ``end`` (int or (B,)) the rows' next position:
+        a cache built from another (TriForce's retrieval cache)."""
+        count = keys.shape[2]
+        if count > self.capacity(layer):
+            raise CacheFull(f"layer {layer}: {count} entries exceed its capacity of {self.capacity(layer)}")
+        self.keys[layer][:, :, :count] = keys
+        self.values[layer][:, :, :count] = values
+        self.positions[layer][:, :, :count] = positions
+        self.positions[layer][:, :, count:] = EMPTY
+        self.lengths[layer] = count
+        self.end[layer] = end
 
     def next_positions(self, length: int, layer: int = 0) -> torch.Tensor:
         """(B, length) positions for the next ``length`` tokens of each row at ``layer``."""

@@ -102,7 +102,7 @@ class Attention(nn.Module):
         if mask is not None:
             mask = mask[:, :, None].expand(-1, -1, group, -1, -1).reshape(batch, self.num_kv_heads, group * length, -1)
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
-        out = out.view(batch, self.num_heads, length, self.head_dim)
+        out = out.reshape(batch, self.num_heads, length, self.head_dim)  # CUDA kernels may return another layout
         return self.o_proj(out.transpose(1, 2).reshape(batch, length, -1))
 
 
