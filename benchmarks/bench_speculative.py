@@ -75,8 +75,12 @@ def transformers_decode(folder: Path, prompt: list[int], new: int, **options) ->
 
     transformers.utils.logging.disable_progress_bar()
     model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
-    # end-of-text ignored, as for ctlab (assisted generation refuses min_new_tokens)
-    model.generation_config.eos_token_id = None
+    # end-of-text ignored, as for ctlab: min_new_tokens, which assisted generation refuses (there
+    # the end token is unset instead; prompt lookup needs it set)
+    if "assistant_early_exit" in options:
+        model.generation_config.eos_token_id = None
+    else:
+        options = {**options, "min_new_tokens": new}
     ids = torch.tensor([prompt])
     start = time.perf_counter()
     try:
