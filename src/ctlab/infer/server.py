@@ -30,7 +30,8 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from ctlab.errors import UserError
-from ctlab.infer.engine import Engine, QueueFull, Request
+from ctlab.infer.engine import Engine, QueueFull
+from ctlab.infer.request import Request
 from ctlab.infer.sampling import SamplingParams
 from ctlab.infer.text import TextModel, TextStream
 

@@ -32,7 +32,8 @@ from ctlab.model.cache import KVCache, Observer
 from ctlab.model.decoder import Decoder
 
 if TYPE_CHECKING:
-    from ctlab.infer.engine import Engine, Request
+    from ctlab.infer.engine import Engine
+    from ctlab.infer.request import Request
 
 
 def draw(distribution: torch.Tensor, generator: torch.Generator) -> int:
