@@ -17,8 +17,6 @@ quantised embeddings too.
 
 from __future__ import annotations
 
-import logging
-
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -103,8 +101,6 @@ def quantize(model: Decoder, kind: str) -> Decoder:
     """Quantise ``model``'s weights in place to ``kind`` ("int8" or "fp8"); returns it."""
     if kind not in ("int8", "fp8"):
         raise UserError(f"unknown quantisation {kind!r} (int8 or fp8)")
-    for name in ("torchao", "torch.utils._pytree"):  # CUDA kernels a CPU build lacks; an Enum registration
-        logging.getLogger(name).setLevel(logging.ERROR)
     from torchao.quantization import Float8WeightOnlyConfig, Int8WeightOnlyConfig, quantize_
 
     tied = model.config.tie_embeddings
