@@ -12,10 +12,11 @@ from ctlab.demo import run_demo, steps
 
 def test_every_step_is_a_command_the_parser_accepts(tmp_path):
     plan = steps(str(tmp_path / "demo"), "mapcc", "mapcc", 2000, 2)
-    assert len(plan) == 8
+    assert len(plan) == 9
     commands = [argv for step in plan for argv in step.commands]
     assert [argv[:2] for argv in commands[:3]] == [["data", "builtin"], ["data", "clean"], ["tokenizer", "train"]]
-    assert commands[-1][:2] == ["eval", "early-exit"]
+    assert commands[-3][:2] == ["eval", "early-exit"]
+    assert [argv[0] for argv in commands[-2:]] == ["generate", "generate"] and "layerskip" in commands[-1]
     for argv in commands:
         assert build_parser(argv).parse_args(argv).handler is not None
 
@@ -30,7 +31,7 @@ def test_the_demo_prints_exactly_the_commands_it_runs(tmp_path, capsys, monkeypa
     (out / "run.json").write_text('{"kind": "demo", "identity": {"recipe": "mapcc", "articles": 50, "workers": 1}}')
     assert run_demo(str(out), "mapcc", 50, 1) == 0
     printed = [line.strip()[len("$ ctlab ") :] for line in capsys.readouterr().out.splitlines() if "$ ctlab" in line]
-    assert printed == [shlex.join(argv) for argv in ran] and len(ran) == 14
+    assert printed == [shlex.join(argv) for argv in ran] and len(ran) == 16
     assert (out / "tokenizer" / "notes.txt").read_text() == "mine"  # the demo itself removes nothing
 
 

