@@ -104,6 +104,9 @@ class Engine:
         if min(prompt) < 0 or max(prompt) >= vocab:
             raise UserError(f"prompt token ids must be in [0, {vocab})")
         request = Request(next(self._ids), list(prompt), params, top_logprobs=top_logprobs, listener=listener)
+        request.stops = set(params.stop_token_ids)
+        if not params.ignore_eos and self.eos_token_id is not None:
+            request.stops.add(self.eos_token_id)
         request.generator = torch.Generator(self.device)
         if params.seed is None:
             request.generator.seed()
@@ -307,8 +310,7 @@ class Engine:
 
     def _accept(self, request: Request, logits: torch.Tensor) -> None:
         """Choose ``request``'s next token from its logits (V,) and emit it."""
-        context = torch.tensor(request.prompt + request.output, device=logits.device)
-        token = choose(logits, request.params, context, request.generator)
+        token = choose(logits, request.params, request.prompt + request.output, request.generator)
         self._record_logprobs(request, [logits], [token])
         self._emit(request, token)
 
@@ -327,13 +329,9 @@ class Engine:
     def _emit(self, request: Request, token: int) -> bool:
         """Add ``token`` to ``request``'s output, or finish it on a stop token or a limit;
         whether it still runs."""
-        params = request.params
         if request.first_token_at is None:
             request.first_token_at = time.perf_counter()
-        stops = set(params.stop_token_ids)
-        if not params.ignore_eos and self.eos_token_id is not None:
-            stops.add(self.eos_token_id)
-        if token in stops:
+        if token in request.stops:
             request.finish_reason = "stop"
         else:
             request.output.append(token)

@@ -32,6 +32,7 @@ class Request:
     finish_reason: str | None = None
     row: int | None = None
     generator: torch.Generator | None = None
+    stops: set[int] = field(default_factory=set)  # the token ids that end it (set by the engine)
     submitted: float = field(default_factory=time.perf_counter)
     first_token_at: float | None = None
     finished_at: float | None = None

@@ -9,6 +9,7 @@ the (penalised) logits.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Annotated
 
 import torch
@@ -40,18 +41,22 @@ class SamplingParams:
         return parse(cls, {k: v for k, v in settings.items() if v is not None}, "sampling")
 
 
-def penalised(logits: torch.Tensor, context: torch.Tensor, penalty: float) -> torch.Tensor:
-    """logits (V,) with the tokens of ``context`` (N,) made less likely: positive logits
-    divided by ``penalty``, negative ones multiplied."""
-    if penalty == 1.0 or context.numel() == 0:
+def penalised(logits: torch.Tensor, context: Sequence[int] | torch.Tensor, penalty: float) -> torch.Tensor:
+    """logits (V,) with the tokens of ``context`` (N token ids) made less likely: positive
+    logits divided by ``penalty``, negative ones multiplied. Without a penalty the context is
+    not read (a decode step builds no tensor of it)."""
+    if penalty == 1.0 or len(context) == 0:
         return logits
+    context = torch.as_tensor(context, dtype=torch.long, device=logits.device)
     seen = logits[context]
     return logits.scatter(0, context, torch.where(seen > 0, seen / penalty, seen * penalty))
 
 
-def next_token_distribution(logits: torch.Tensor, params: SamplingParams, context: torch.Tensor) -> torch.Tensor:
+def next_token_distribution(
+    logits: torch.Tensor, params: SamplingParams, context: Sequence[int] | torch.Tensor
+) -> torch.Tensor:
     """The probabilities (V,) fp32 the next token is drawn from, given its logits (V,) and the
-    ``context`` (N,) token ids so far; greedy decoding: all mass on the argmax."""
+    ``context`` token ids so far; greedy decoding: all mass on the argmax."""
     logits = penalised(logits.float(), context, params.repetition_penalty)
     if params.greedy:
         return torch.nn.functional.one_hot(logits.argmax(), logits.shape[-1]).float()
@@ -70,7 +75,9 @@ def next_token_distribution(logits: torch.Tensor, params: SamplingParams, contex
     return probs / probs.sum()
 
 
-def choose(logits: torch.Tensor, params: SamplingParams, context: torch.Tensor, generator: torch.Generator) -> int:
+def choose(
+    logits: torch.Tensor, params: SamplingParams, context: Sequence[int] | torch.Tensor, generator: torch.Generator
+) -> int:
     """The next token for logits (V,): the argmax when greedy, else a draw from
     :func:`next_token_distribution` with ``generator``."""
     if params.greedy:

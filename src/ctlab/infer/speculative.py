@@ -62,12 +62,8 @@ def verify(target: torch.Tensor, draft: torch.Tensor, tokens: list[int], generat
 def target_distributions(logits: torch.Tensor, request, context: list[int], tokens: list[int]) -> torch.Tensor:
     """The distributions (n + 1, V) a model's logits (≥ n + 1, V) give after ``context`` and after
     each of the n drafted ``tokens``, under ``request``'s sampling parameters."""
-    device = logits.device
     return torch.stack(
-        [
-            next_token_distribution(logits[i], request.params, torch.tensor(context + tokens[:i], device=device))
-            for i in range(len(tokens) + 1)
-        ]
+        [next_token_distribution(logits[i], request.params, context + tokens[:i]) for i in range(len(tokens) + 1)]
     )
 
 
@@ -124,8 +120,7 @@ def draft_from(logits: torch.Tensor, running: list[Request], drafts: list[list[i
     """Each row's draft distribution for logits (B, V); the drawn tokens are appended to ``drafts``."""
     distributions = []
     for request, row_logits, tokens in zip(running, logits, drafts, strict=True):
-        context = torch.tensor(request.prompt + request.output + tokens, device=row_logits.device)
-        q = next_token_distribution(row_logits, request.params, context)
+        q = next_token_distribution(row_logits, request.params, request.prompt + request.output + tokens)
         tokens.append(draw(q, request.generator))
         distributions.append(q)
     return distributions
