@@ -132,15 +132,15 @@ class Engine:
         failed step: the engine starts clean)."""
         with self._lock:
             waiting, self.waiting = list(self.waiting), collections.deque()
-        for request in waiting + self.running:
-            request.finish_reason = reason
-            request.row = None
-            request.publish(None)
-        for row in range(len(self.running)):
+        running, self.running = self.running, []
+        for row in range(len(running)):
             self.cache.clear_row(row)
             if self.speculator is not None:
                 self.speculator.clear_row(row)
-        self.running.clear()
+        for request in waiting + running:  # told only once the engine is clean
+            request.finish_reason = reason
+            request.row = None
+            request.publish(None)
 
     # ------------------------------------------------------------------ stepping
 
