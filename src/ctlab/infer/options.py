@@ -117,16 +117,22 @@ def build_engine(args: argparse.Namespace, max_batch: int = 1, max_waiting: int 
     return engine, text
 
 
+def given(**settings) -> dict:
+    """The settings a user gave (not None): the classes' own defaults stand for the others."""
+    return {name: value for name, value in settings.items() if value is not None}
+
+
 def kv_policy(args: argparse.Namespace, context: int):
     from ctlab.infer.policies import CORM, FullCache, SnapKV, StreamingCache
 
-    if args.kv_policy == "snapkv":
-        capacity = args.kv_capacity or min(2048, context)
-        return SnapKV(capacity, args.kv_window or 32, args.kv_kernel, args.kv_pooling)
+    if args.kv_policy == "snapkv":  # the default budget, cut to a shorter context
+        capacity = args.kv_capacity or min(SnapKV.default_capacity, context)
+        return SnapKV(capacity, kernel=args.kv_kernel, pooling=args.kv_pooling, **given(window=args.kv_window))
     if args.kv_policy == "corm":
-        return CORM(window=args.kv_window or 32, recent=args.kv_recent or 32)
+        return CORM(**given(window=args.kv_window, recent=args.kv_recent))
     if args.kv_policy == "streaming":
-        return StreamingCache(args.kv_sinks, args.kv_recent or max(min(1020, context - args.kv_sinks), 1))
+        recent = args.kv_recent or max(min(StreamingCache.default_recent, context - args.kv_sinks), 1)
+        return StreamingCache(args.kv_sinks, recent)
     return FullCache()
 
 
@@ -140,7 +146,7 @@ def speculator(args: argparse.Namespace, text, device, dtype):
         raise UserError("--draft is for --speculate draft or triforce")
     if args.speculate != "layerskip" and args.exit_layer:
         raise UserError("--exit-layer is for --speculate layerskip")
-    count = args.num_speculations
+    count = given(num_speculations=args.num_speculations)
     if args.speculate in ("draft", "triforce"):
         if not args.draft:
             raise UserError(f"--speculate {args.speculate} needs --draft MODEL")
@@ -151,12 +157,12 @@ def speculator(args: argparse.Namespace, text, device, dtype):
         if args.speculate == "triforce":
             from ctlab.infer.triforce import TriForce
 
-            return TriForce(draft, budget=args.retrieval_budget, num_speculations=count or 6)
-        return DraftModel(draft, count or 4)
+            return TriForce(draft, budget=args.retrieval_budget, **count)
+        return DraftModel(draft, **count)
     if args.speculate == "layerskip":
         if not args.exit_layer:
             raise UserError("--speculate layerskip needs --exit-layer E (the layers that draft)")
-        return LayerSkip(args.exit_layer, count or 6)
+        return LayerSkip(args.exit_layer, **count)
     if args.speculate == "lookup":
-        return PromptLookup(count or 10)
+        return PromptLookup(**count)
     return None

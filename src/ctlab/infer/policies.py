@@ -63,8 +63,9 @@ FullCache = KVPolicy
 
 class StreamingCache(KVPolicy):
     name = "streaming"
+    default_recent = 1020  # with the 4 sinks: a 1,024-entry cache
 
-    def __init__(self, sinks: int = 4, recent: int = 1020):
+    def __init__(self, sinks: int = 4, recent: int = default_recent):
         self.sinks, self.recent = sinks, recent
 
     def check(self, context: int) -> None:
@@ -118,7 +119,9 @@ class SnapKV(KVPolicy):
     name = "snapkv"
     observes_prefill = True
 
-    def __init__(self, capacity: int = 2048, window: int = 32, kernel: int = 5, pooling: str = "avg"):
+    default_capacity = 2048  # the official default
+
+    def __init__(self, capacity: int = default_capacity, window: int = 32, kernel: int = 5, pooling: str = "avg"):
         self.capacity, self.window, self.kernel, self.pooling = capacity, window, kernel, pooling
         self._collector: WindowQueries | None = None
 
