@@ -126,6 +126,18 @@ def draft_from(logits: torch.Tensor, running: list[Request], drafts: list[list[i
     return distributions
 
 
+def prefill_draft(model: Decoder, cache: KVCache, prompt: list[int], chunk: int, after_chunk=None) -> None:
+    """Prefill a draft ``model``'s one-row ``cache`` with ``prompt`` in chunks (no logits: the
+    target makes the first token); ``after_chunk(cache)`` runs after each (a streaming
+    cache evicts there)."""
+    device = model.norm.weight.device
+    for begin in range(0, len(prompt), chunk):
+        ids = torch.tensor([prompt[begin : begin + chunk]], device=device)
+        model.run_layers(model.embed_tokens(ids), cache=cache)
+        if after_chunk is not None:
+            after_chunk(cache)
+
+
 def catch_up(model: Decoder, cache: KVCache, sequences: list[list[int]]) -> None:
     """Feed a draft ``model`` the tokens of each row's sequence its ``cache`` has not seen, all
     but the last (a rejected draft's replacement, the target's bonus token), in one forward:
@@ -169,11 +181,7 @@ class DraftModel(Speculator):
         self.cache = KVCache.for_model(self.draft, engine.max_batch, engine.context + engine.prefill_chunk)
 
     def on_prefill(self, engine: Engine, row: int, prompt: list[int]) -> None:
-        view = self.cache.rows(row, row + 1)
-        ids = torch.tensor([prompt], device=self.draft.norm.weight.device)
-        for begin in range(0, ids.shape[1], engine.prefill_chunk):
-            chunk = ids[:, begin : begin + engine.prefill_chunk]
-            self.draft(chunk, cache=view, logits_index=torch.tensor([[chunk.shape[1] - 1]], device=ids.device))
+        prefill_draft(self.draft, self.cache.rows(row, row + 1), prompt, engine.prefill_chunk)
 
     def round(self, engine, running, k):
         count = len(running)

@@ -31,6 +31,7 @@ from ctlab.infer.speculative import (
     Speculator,
     catch_up,
     draft_from,
+    prefill_draft,
     stacked,
     target_distributions,
     target_logits,
@@ -128,12 +129,9 @@ class TriForce(Speculator):
             wide = index[..., None].expand(-1, -1, -1, keys.shape[-1])
             retrieval.fill(layer, keys.gather(2, wide), values.gather(2, wide), positions.gather(2, index), len(prompt))
         self._last_query = None
-        draft = self.draft_cache.rows(row, row + 1)
-        device = self.draft.norm.weight.device
-        for begin in range(0, len(prompt), engine.prefill_chunk):
-            chunk = torch.tensor([prompt[begin : begin + engine.prefill_chunk]], device=device)
-            self.draft(chunk, cache=draft, logits_index=torch.tensor([[chunk.shape[1] - 1]], device=device))
-            self.streaming.after_step(draft)
+        prefill_draft(
+            self.draft, self.draft_cache.rows(row, row + 1), prompt, engine.prefill_chunk, self.streaming.after_step
+        )
 
     def round(self, engine, running, k):
         count = len(running)
