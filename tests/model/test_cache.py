@@ -8,33 +8,13 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from tiny_models import VOCAB, tiny
+from tiny_models import KINDS, VOCAB, ids, model_of
 
 from ctlab.model.cache import EMPTY, CacheFull, KVCache
 from ctlab.model.decoder import Decoder
 from ctlab.model.layers import apply_rotary, rotary_tables
 
 ATOL = 1e-5
-
-KINDS = {
-    "dense": dict(qkv_bias=True),
-    "moe": dict(ffn="moe", shared_expert_intermediate_size=32),
-    "mhmoe": dict(ffn="mhmoe"),
-}
-
-
-def model_of(kind="dense", **overrides):
-    model = Decoder(tiny(**KINDS[kind], **overrides)).eval()
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if name.endswith("bias"):
-                p.normal_(std=0.5)
-    return model
-
-
-def ids(batch=2, length=13):
-    return torch.randint(0, VOCAB, (batch, length))
-
 
 def masked_reference(model: Decoder, input_ids: torch.Tensor, allowed: list[torch.Tensor]) -> torch.Tensor:
     """Logits (B, T, V) of a forward without a cache in which query t of KV head h at layer l

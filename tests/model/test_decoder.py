@@ -6,7 +6,7 @@ import math
 
 import pytest
 import torch
-from tiny_models import VOCAB, tiny
+from tiny_models import KINDS, VOCAB, ids, model_of, tiny
 
 from ctlab.config import ConfigError
 from ctlab.errors import UserError
@@ -16,26 +16,6 @@ from ctlab.model.decoder import Decoder
 from ctlab.model.moe import MultiHeadMoE, SparseMoE, load_balancing_loss
 
 ATOL = 1e-5
-
-
-KINDS = {
-    "dense": dict(qkv_bias=True),
-    "moe": dict(ffn="moe", shared_expert_intermediate_size=32),
-    "mhmoe": dict(ffn="mhmoe"),
-}
-
-
-def model_of(kind, **overrides):
-    model = Decoder(tiny(**KINDS[kind], **overrides)).eval()
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if name.endswith("bias"):
-                p.normal_(std=0.5)
-    return model
-
-
-def ids(batch=2, length=13):
-    return torch.randint(0, VOCAB, (batch, length))
 
 
 # ---------------------------------------------------------------- packed documents

@@ -1,6 +1,9 @@
-"""The small model configs the model tests share."""
+"""The small model configs and models the model tests share."""
+
+import torch
 
 from ctlab.model.config import ModelConfig, preset
+from ctlab.model.decoder import Decoder
 
 VOCAB = 300
 
@@ -20,3 +23,24 @@ def tiny(**overrides) -> ModelConfig:
         mh_heads=4,
     )
     return preset("tiny", **{**base, **overrides})
+
+
+KINDS = {  # the feed-forwards the decoder tests run, each with what makes its weights matter
+    "dense": dict(qkv_bias=True),
+    "moe": dict(ffn="moe", shared_expert_intermediate_size=32),
+    "mhmoe": dict(ffn="mhmoe"),
+}
+
+
+def model_of(kind: str = "dense", **overrides) -> Decoder:
+    """A ``tiny`` decoder of ``kind`` in eval mode, its biases random (nonzero)."""
+    model = Decoder(tiny(**KINDS[kind], **overrides)).eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("bias"):
+                p.normal_(std=0.5)
+    return model
+
+
+def ids(batch: int = 2, length: int = 13) -> torch.Tensor:
+    return torch.randint(0, VOCAB, (batch, length))
