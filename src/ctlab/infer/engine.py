@@ -212,7 +212,7 @@ class Engine:
             for request in group:
                 view = self.cache.rows(request.row, request.row + 1)
                 self.policy.after_prefill(view)
-                request.kv_bytes, request.full_kv_bytes = view.nbytes(), full_bytes(view)
+                request.kv_bytes, request.full_kv_bytes = view.nbytes(), view.full_nbytes()
                 if self.speculator is not None:
                     self.speculator.on_prefill(self, request.row, request.prompt)
                 self.stats.prompt_tokens += len(request.prompt)
@@ -349,7 +349,7 @@ class Engine:
         del request.logprobs[len(request.output) :]  # a stop token's, or those of drafts after the end
         row = request.row
         view = self.cache.rows(row, row + 1)
-        request.kv_bytes, request.full_kv_bytes = view.nbytes(), full_bytes(view)
+        request.kv_bytes, request.full_kv_bytes = view.nbytes(), view.full_nbytes()
         last = len(self.running) - 1
         if row != last:
             self.cache.move_row(last, row)
@@ -379,10 +379,3 @@ def chained(observers: list[Observer]) -> Observer | None:
             observer(layer, queries, cache)
 
     return observe
-
-
-def full_bytes(cache: KVCache) -> int:
-    """The bytes a full cache would hold for the tokens ``cache`` has seen (every layer)."""
-    keys = cache.keys[0]
-    per_entry = 2 * keys.shape[3] * keys.element_size() * keys.shape[1]
-    return int(cache.end.sum()) * per_entry

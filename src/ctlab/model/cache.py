@@ -92,8 +92,15 @@ class KVCache:
 
     def nbytes(self) -> int:
         """Bytes of the keys and values the cache holds (live entries, not allocated slots)."""
-        per_entry = 2 * self.keys[0].shape[3] * self.keys[0].element_size()
-        return int(self.lengths.sum()) * per_entry
+        return int(self.lengths.sum()) * self._entry_bytes()
+
+    def full_nbytes(self) -> int:
+        """The bytes a full cache would hold for the tokens seen (every layer and KV head)."""
+        return int(self.end.sum()) * self.keys[0].shape[1] * self._entry_bytes()
+
+    def _entry_bytes(self) -> int:
+        """The key and the value of one position in one KV head."""
+        return 2 * self.keys[0].shape[3] * self.keys[0].element_size()
 
     def rows(self, start: int, stop: int) -> KVCache:
         """A view of rows [start, stop): writes through it land in this cache."""
