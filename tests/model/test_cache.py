@@ -16,6 +16,7 @@ from ctlab.model.layers import apply_rotary, rotary_tables
 
 ATOL = 1e-5
 
+
 def masked_reference(model: Decoder, input_ids: torch.Tensor, allowed: list[torch.Tensor]) -> torch.Tensor:
     """Logits (B, T, V) of a forward without a cache in which query t of KV head h at layer l
     attends to key s where ``allowed[l][b, h, t, s]``: attention written out term by term."""
@@ -25,9 +26,14 @@ def masked_reference(model: Decoder, input_ids: torch.Tensor, allowed: list[torc
     cos, sin = rotary_tables(positions, config.head_dim, config.rope_theta, torch.float32)
     x = model.embed_tokens(input_ids)
     group = config.num_heads // config.num_kv_heads
+    split = (
+        config.num_heads * config.head_dim,
+        config.num_kv_heads * config.head_dim,
+        config.num_kv_heads * config.head_dim,
+    )
     for layer, block in enumerate(model.layers):
         attention = block.attention
-        q, k, v = attention.qkv_proj(block.input_norm(x)).split(attention.split, dim=-1)
+        q, k, v = attention.qkv_proj(block.input_norm(x)).split(split, dim=-1)
         q = apply_rotary(q.view(batch, length, config.num_heads, -1).transpose(1, 2), cos, sin)
         k = apply_rotary(k.view(batch, length, config.num_kv_heads, -1).transpose(1, 2), cos, sin)
         v = v.view(batch, length, config.num_kv_heads, -1).transpose(1, 2)

@@ -18,7 +18,7 @@ from torch import nn
 from ctlab.errors import UserError
 from ctlab.model.cache import KVCache
 from ctlab.model.config import ModelConfig
-from ctlab.model.layers import Attention, RMSNorm, SwiGLU, document_mask, rotary_tables
+from ctlab.model.layers import Attention, RMSNorm, RotaryTables, SwiGLU, document_mask
 from ctlab.model.moe import MultiHeadMoE, RouterStats, SparseMoE, load_balancing_loss
 
 
@@ -75,6 +75,7 @@ class Decoder(nn.Module):
         self.layers = nn.ModuleList(DecoderLayer(config, i) for i in range(config.num_layers))
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.rotary = RotaryTables(config.head_dim, config.rope_theta, config.max_position_embeddings)
         self.apply(self._init_weights)
         if config.tie_embeddings:
             self.lm_head.weight = self.embed_tokens.weight
@@ -140,7 +141,7 @@ class Decoder(nn.Module):
             )
         if position_ids is None:
             position_ids = torch.arange(length, device=x.device).expand(x.shape[0], length)
-        rotary = rotary_tables(position_ids, self.config.head_dim, self.config.rope_theta, x.dtype)
+        rotary = self.rotary(position_ids, x.dtype)
         mask = document_mask(position_ids) if cache is None else None
         hidden = [x] if output_hidden_states else None
         router: list[RouterStats | None] = []

@@ -24,8 +24,7 @@ class RMSNorm(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(..., size) → (..., size), normalised in fp32 and scaled."""
-        normed = x.float() * torch.rsqrt(x.float().pow(2).mean(-1, keepdim=True) + self.eps)
-        return self.weight * normed.to(x.dtype)
+        return self.weight * F.rms_norm(x.float(), self.weight.shape, eps=self.eps).to(x.dtype)
 
 
 def rotary_tables(position_ids: torch.Tensor, head_dim: int, theta: float, dtype: torch.dtype):
@@ -35,6 +34,30 @@ def rotary_tables(position_ids: torch.Tensor, head_dim: int, theta: float, dtype
     freqs = position_ids[..., None].float() * inv_freq
     angles = torch.cat((freqs, freqs), dim=-1)
     return angles.cos().to(dtype), angles.sin().to(dtype)
+
+
+class RotaryTables:
+    """cos and sin of every position, computed once per device in fp32 and looked up by position:
+    a decode step then costs one index instead of the trigonometry. The tables are no module
+    state (a model cast to bf16 and back keeps exact angles); they grow when a later position
+    is asked for."""
+
+    def __init__(self, head_dim: int, theta: float, positions: int):
+        self.head_dim, self.theta, self.positions = head_dim, theta, positions
+        self.tables: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def __call__(self, position_ids: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos, sin (B, T, head_dim) in ``dtype`` for ``position_ids`` (B, T)."""
+        device = position_ids.device
+        table = self.tables.get(device)
+        needed = int(position_ids.max()) + 1 if position_ids.numel() else 0
+        if table is None or table[0].shape[1] < needed:
+            self.positions = max(self.positions, needed)
+            table = rotary_tables(
+                torch.arange(self.positions, device=device)[None], self.head_dim, self.theta, torch.float32
+            )
+            self.tables[device] = table
+        return table[0][0][position_ids].to(dtype), table[1][0][position_ids].to(dtype)
 
 
 def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
@@ -67,7 +90,6 @@ class Attention(nn.Module):
         q_size, kv_size = config.num_heads * config.head_dim, config.num_kv_heads * config.head_dim
         self.qkv_proj = nn.Linear(config.hidden_size, q_size + 2 * kv_size, bias=config.qkv_bias)
         self.o_proj = nn.Linear(q_size, config.hidden_size, bias=False)
-        self.split = (q_size, kv_size, kv_size)
 
     def forward(
         self,
@@ -81,11 +103,10 @@ class Attention(nn.Module):
         causal). With one, the new keys/values join it at ``positions`` (B, T) and each query
         sees the cached entries at positions up to its own."""
         batch, length, _ = x.shape
-        q, k, v = self.qkv_proj(x).split(self.split, dim=-1)
-        q = q.view(batch, length, self.num_heads, self.head_dim).transpose(1, 2)
-        k = k.view(batch, length, self.num_kv_heads, self.head_dim).transpose(1, 2)
-        v = v.view(batch, length, self.num_kv_heads, self.head_dim).transpose(1, 2)
-        q, k = apply_rotary(q, *rotary), apply_rotary(k, *rotary)
+        heads, rotated_heads = self.num_heads, self.num_heads + self.num_kv_heads
+        qkv = self.qkv_proj(x).view(batch, length, rotated_heads + self.num_kv_heads, self.head_dim)
+        qk = apply_rotary(qkv[:, :, :rotated_heads].transpose(1, 2), *rotary)  # q and k heads rotated at once
+        q, k, v = qk[:, :heads], qk[:, heads:], qkv[:, :, rotated_heads:].transpose(1, 2)
         if cache is None:
             causal = mask is None and length > 1
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal, enable_gqa=True)
