@@ -22,7 +22,10 @@ GROUPS = {  # command → (help, the modules that register its subcommands with 
         ("ctlab.data.cli", "ctlab.tokens.cli"),
     ),
     "tokenizer": ("stage 2: train and compare tokenizers", ("ctlab.tokenizer.cli",)),
-    "train": ("stage 4: pretrain models", ("ctlab.train.cli",)),
+    "train": (
+        "stages 4 and 5: pretrain, fine-tune and preference-train models",
+        ("ctlab.train.cli", "ctlab.align.cli"),
+    ),
     "eval": ("stage 7: evaluate models", ("ctlab.eval.cli",)),
 }
 COMMANDS = {  # command → (help, "module" with register(parser), or "module:function")

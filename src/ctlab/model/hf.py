@@ -22,6 +22,7 @@ from ctlab.errors import UserError
 from ctlab.model.config import ModelConfig
 from ctlab.model.decoder import Decoder
 from ctlab.runs import atomic_write, latest_checkpoint, read_json, write_json
+from ctlab.tokenizer.load import TOKENIZER_FILES
 
 MHMOE_NOTE = (
     "MH-MoE (arXiv 2404.15045) has no transformers class: load this checkpoint with "
@@ -160,10 +161,11 @@ def save_pretrained(
 
 
 def tokenizer_files(tokenizer_dir: str | Path | None) -> list[Path]:
-    """The files of a tokenizer folder that a model folder carries (not its training record)."""
+    """The tokenizer's files in ``tokenizer_dir`` (a tokenizer folder, or a model folder that
+    carries one), which a model folder copies: never weights, configs or training records."""
     if tokenizer_dir is None:
         return []
-    return [p for p in sorted(Path(tokenizer_dir).iterdir()) if p.is_file() and p.name != "training.json"]
+    return [p for p in sorted(Path(tokenizer_dir).iterdir()) if p.is_file() and p.name in TOKENIZER_FILES]
 
 
 def copy_tokenizer(tokenizer_dir: str | Path | None, out_dir: str | Path) -> None:

@@ -13,6 +13,21 @@ from tokenizers import Tokenizer
 
 from ctlab.errors import UserError
 
+# the files a Hugging Face tokenizer is made of (a model folder also holds weights and config.json)
+TOKENIZER_FILES = frozenset(
+    {
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "special_tokens_map.json",
+        "chat_template.jinja",
+        "chat_template.json",
+        "added_tokens.json",
+        "vocab.json",
+        "merges.txt",
+        "tokenizer.model",
+    }
+)
+
 
 def read_tokenizer(path: str | Path) -> Tokenizer:
     """The tokenizer of a ``tokenizer.json``, encoding special-token look-alikes as text."""

@@ -30,6 +30,7 @@ from tqdm import tqdm
 from ctlab.data.readers import BadRecord, CorpusReader, corpus_files
 from ctlab.errors import UserError
 from ctlab.runs import file_digest
+from ctlab.tokenizer.load import TOKENIZER_FILES
 
 BOS, EOS, PAD = "<|bos|>", "<|endoftext|>", "<|pad|>"
 ROLE_TOKENS = ("<|system|>", "<|user|>", "<|assistant|>", "<|end|>")
@@ -89,9 +90,6 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int, min_frequency: int = 
         single=f"{BOS} $A", pair=f"{BOS} $A {BOS} $B", special_tokens=[(BOS, bos)]
     )
     return tokenizer
-
-
-TOKENIZER_FILES = {"tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "special_tokens_map.json"}
 
 
 def check_output_folder(out_dir: str) -> Path:

@@ -11,6 +11,7 @@ stays valid when a run resumes with another world size at the same global batch.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -20,18 +21,18 @@ from ctlab.tokens.packed import PackedDataset
 
 
 def collate(samples: list[dict[str, np.ndarray]]) -> dict[str, torch.Tensor]:
-    """Stack samples into a batch: ``input_ids``, ``labels``, ``position_ids``, each (B, L) int64.
-    Documents are told apart by their position ids, which restart at 0 at each one."""
-    return {
-        key: torch.from_numpy(np.stack([s[key] for s in samples])) for key in ("input_ids", "labels", "position_ids")
-    }
+    """Stack samples into a batch: ``input_ids``, ``labels``, ``position_ids``, each (B, L) int64,
+    and any other per-token array the samples carry. Documents are told apart by their position
+    ids, which restart at 0 at each one."""
+    return {key: torch.from_numpy(np.stack([s[key] for s in samples])) for key in samples[0]}
 
 
 class PackedLoader:
     """Endless iterator of batches for one rank (see the module docstring).
 
     Args:
-        dataset: a :class:`PackedDataset` (or its folder).
+        dataset: a :class:`PackedDataset` (or its folder), or any rows with ``len``, indexing and
+            a ``folder`` to name in messages (fine-tuning's packed examples).
         batch_size: sequences per batch on this rank.
         seed: shuffling seed, the same on every rank.
         rank, world_size: this process's place among the data-parallel ranks.
@@ -40,14 +41,14 @@ class PackedLoader:
 
     def __init__(
         self,
-        dataset: PackedDataset | str,
+        dataset,
         batch_size: int,
         seed: int = 0,
         rank: int = 0,
         world_size: int = 1,
         position: int = 0,
     ):
-        self.dataset = dataset if isinstance(dataset, PackedDataset) else PackedDataset(dataset)
+        self.dataset = PackedDataset(dataset) if isinstance(dataset, str | Path) else dataset
         if len(self.dataset) == 0:
             raise UserError(f"{self.dataset.folder} holds no sequences")
         if position < 0:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import field
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Literal, Self
 
 from pydantic import Field, NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt, model_validator
 
@@ -48,6 +48,23 @@ class LoopConfig:
     def identity(self) -> dict:
         """The fields that decide what a run computes (see the module docstring)."""
         return {k: v for k, v in to_dict(self).items() if k not in (*RUNTIME_FIELDS, "out")}
+
+    @classmethod
+    def load(cls, path: str | Path | None = None, flags: dict | None = None, sets: list[str] = ()) -> Self:
+        """The config of ``path`` (YAML; none: the defaults), then ``flags`` (dotted keys, typed
+        values), then ``sets`` (``KEY=VALUE``, values read as YAML), validated together."""
+        data = read_yaml(path, "training config") if path else {}
+        for key, value in (flags or {}).items():
+            put(data, key, value)
+        for assignment in sets:
+            set_key(data, assignment)
+        return parse(cls, data, "training config")
+
+    def require(self, *fields: tuple[str, str]) -> None:
+        """A :class:`ConfigError` naming the (field, description) pairs left empty."""
+        missing = [f"{name} ({what})" for name, what in fields if not getattr(self, name)]
+        if missing:
+            raise ConfigError(" and ".join(missing) + (" is" if len(missing) == 1 else " are") + " required")
 
 
 @config
@@ -106,21 +123,4 @@ class PretrainConfig(LoopConfig):
 
     def require_paths(self) -> None:
         """The settings a run cannot start without."""
-        missing = [
-            what
-            for what, value in (("data (a packed folder)", self.data), ("out (a run folder)", self.out))
-            if not value
-        ]
-        if missing:
-            raise ConfigError(" and ".join(missing) + (" is" if len(missing) == 1 else " are") + " required")
-
-    @classmethod
-    def load(cls, path: str | Path | None = None, flags: dict | None = None, sets: list[str] = ()) -> PretrainConfig:
-        """The config of ``path`` (YAML; none: the defaults), then ``flags`` (dotted keys, typed
-        values), then ``sets`` (``KEY=VALUE``, values read as YAML), validated together."""
-        data = read_yaml(path, "training config") if path else {}
-        for key, value in (flags or {}).items():
-            put(data, key, value)
-        for assignment in sets:
-            set_key(data, assignment)
-        return parse(cls, data, "training config")
+        self.require(("data", "a packed folder"), ("out", "a run folder"))

@@ -263,6 +263,7 @@ def summary(run: str | Path, final: dict) -> str:
     before = next((r["eval"] for r in Metrics(run).read() if r["step"] == 0 and "eval" in r), {})
     line = f"step {final['step']}: " + (f"loss {final['loss']:.4f}" if "loss" in final else "no training step logged")
     for name, result in final.get("eval", {}).items():
-        start = f"{before[name]['ppl']:.2f} at step 0 -> " if name in before else ""
-        line += f", {name} ppl {start}{result['ppl']:.2f}"
+        figure = "ppl" if "ppl" in result else "loss"
+        start = f"{before[name][figure]:.2f} at step 0 -> " if figure in before.get(name, {}) else ""
+        line += f", {name} {figure} {start}{result[figure]:.2f}"
     return line
