@@ -18,8 +18,8 @@ from ctlab.errors import UserError
 
 GROUPS = {  # command → (help, the modules that register its subcommands with register(commands))
     "data": (
-        "stages 1 and 3: web data → clean corpus → token shards → packed sequences",
-        ("ctlab.data.cli", "ctlab.tokens.cli"),
+        "stages 1, 3 and 5: web data → clean corpus → token shards → packed sequences; fine-tuning data",
+        ("ctlab.data.cli", "ctlab.tokens.cli", "ctlab.align.data_cli"),
     ),
     "tokenizer": ("stage 2: train and compare tokenizers", ("ctlab.tokenizer.cli",)),
     "train": (

@@ -6,9 +6,11 @@ Only argument parsing lives here; each handler imports its evaluation when it ru
 from __future__ import annotations
 
 import argparse
+import json
 import os
 
 from ctlab.args import positive_int
+from ctlab.errors import UserError
 
 
 def _early_exit(args: argparse.Namespace) -> int:
@@ -16,6 +18,28 @@ def _early_exit(args: argparse.Namespace) -> int:
 
     print(table(early_exit_report(args.runs, args.data, args.out, args.batches)))
     print(f"report: {os.path.join(args.out, 'early_exit.json')}, chart: {os.path.join(args.out, 'early_exit.png')}")
+    return 0
+
+
+def _sde(args: argparse.Namespace) -> int:
+    from ctlab.align.data_cli import design_from, read_design_folder
+    from ctlab.align.tasks import task
+    from ctlab.eval.sde import TABLE_HEADER, evaluate_design, table_row
+    from ctlab.infer.options import build_engine
+    from ctlab.report.tables import text_table
+    from ctlab.runs import write_json
+
+    if (args.data is None) == (args.task is None):
+        raise UserError("give either --data (a folder of `ctlab data sde`) or --task")
+    chosen, design = read_design_folder(args.data) if args.data else (task(args.task), design_from(args))
+    design.check(chosen)
+    engine, text = build_engine(args, max_batch=args.batch)
+    result = evaluate_design(engine, text, chosen, design, args.limit, args.max_new_tokens, not args.no_progress)
+    if args.out:
+        write_json(args.out, result)
+    print(json.dumps(result, ensure_ascii=False) if args.json else text_table([TABLE_HEADER, table_row(result)]))
+    if result["too_long"]:
+        print(f"{result['too_long']} prompts left no room for a reply in the context (scored as wrong)")
     return 0
 
 
@@ -31,3 +55,26 @@ def register(commands: argparse._SubParsersAction) -> None:
     early_exit.add_argument("--batches", type=positive_int, default=8, help="batches of 8 sequences (default: 8)")
     early_exit.add_argument("--out", default="runs/early-exit", metavar="DIR", help="report folder")
     early_exit.set_defaults(handler=_early_exit)
+
+    from ctlab.align.data_cli import add_design_arguments
+    from ctlab.align.tasks import TASKS
+    from ctlab.infer.options import add_engine_arguments
+
+    sde = commands.add_parser(
+        "sde",
+        help="accuracy and parse rate of a model on a built-in task in one sample design",
+        description="Ask MODEL the held-out split of a built-in task in a sample design (read from a folder of "
+        "`ctlab data sde`, or given with --task and the design flags), read each greedy reply back with the "
+        "design's parser and print accuracy, per-aspect accuracy and parse rate.",
+    )
+    add_engine_arguments(sde)
+    sde.add_argument("--data", metavar="DIR", help="a folder written by `ctlab data sde` (task and design)")
+    sde.add_argument("--task", choices=TASKS, help="a built-in task (with the design flags)")
+    sde.add_argument("--limit", type=positive_int, default=200, help="held-out records asked (200)")
+    sde.add_argument("--max-new-tokens", type=positive_int, default=96, help="longest reply (96)")
+    sde.add_argument("--batch", type=positive_int, default=16, help="requests decoded together (16)")
+    sde.add_argument("--out", metavar="FILE", help="write the result as JSON")
+    sde.add_argument("--json", action="store_true", help="print the result as JSON")
+    sde.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_design_arguments(sde)
+    sde.set_defaults(handler=_sde)
