@@ -1,4 +1,4 @@
-"""``ctlab data sde``: fine-tuning data of a built-in task written in one sample design.
+"""``ctlab data sde``, ``data constraints`` and ``data pairs``: fine-tuning and preference data.
 
 Argument parsing only, and the design flags ``ctlab eval sde`` shares.
 """
@@ -77,8 +77,55 @@ def _sde(args: argparse.Namespace) -> int:
     return 0
 
 
+def _constraints(args: argparse.Namespace) -> int:
+    from ctlab.align.instructions import constrained_prompt, constraint_prompts, write_jsonl, written_answer
+
+    records = constraint_prompts(args.count, args.min, args.max, args.seed, args.split, args.lang)
+    write_jsonl(args.out, records)
+    kinds = {c["kind"] for r in records for c in r["constraints"]}
+    print(f"{len(records):,} prompts ({args.split} seeds) with {args.min}-{args.max} constraints of {len(kinds)} kinds")
+    print(f"written: {args.out}")
+    if args.sft:
+        conversations = []
+        for record in records:
+            prompt, constraints = constrained_prompt(record)
+            answer = written_answer(record["draft"], constraints, prompt)
+            if answer is not None:
+                turns = [{"role": "user", "content": prompt}, {"role": "assistant", "content": answer}]
+                conversations.append({"messages": turns})
+        write_jsonl(args.sft, conversations)
+        unmet = len(records) - len(conversations)
+        print(
+            f"written: {args.sft} ({len(conversations):,} conversations whose answers satisfy every constraint; "
+            f"{unmet:,} prompts left out: no rewrite satisfies them all)"
+        )
+    return 0
+
+
+def _pairs(args: argparse.Namespace) -> int:
+    from ctlab.align.instructions import read_constraint_prompts, write_jsonl
+    from ctlab.align.pairs import build_pairs
+    from ctlab.infer.options import build_engine, sampling_params
+
+    records = read_constraint_prompts(args.prompts)
+    routes = ("sample", "correct") if args.route == "both" else (args.route,)
+    engine, text = build_engine(args, max_batch=args.batch)
+    params = sampling_params(args, [])
+    items = records.items[: args.limit]
+    pairs, missed = build_pairs(engine, text, items, args.samples, params, routes, not args.no_progress)
+    if not pairs:
+        raise UserError(f"no pair: every prompt's answers tied or had no correction ({dict(missed)})")
+    write_jsonl(args.out, pairs)
+    gaps = sum(p["passed"][0] - p["passed"][1] for p in pairs) / len(pairs)
+    left = ", ".join(f"{count} {why}" for why, count in missed.items()) or "none"
+    print(f"{len(pairs):,} pairs from {len(items):,} prompts (mean constraints gained {gaps:.2f}); no pair: {left}")
+    print(f"written: {args.out}")
+    return 0
+
+
 def register(commands: argparse._SubParsersAction) -> None:
-    from ctlab.align.tasks import TASKS
+    from ctlab.align.tasks import SPLITS, TASKS
+    from ctlab.infer.options import add_engine_arguments, add_sampling_arguments
 
     sde = commands.add_parser(
         "sde",
@@ -93,3 +140,41 @@ def register(commands: argparse._SubParsersAction) -> None:
     sde.add_argument("--test", type=positive_int, default=500, help="test conversations (500)")
     add_design_arguments(sde)
     sde.set_defaults(handler=_sde)
+
+    constraints = commands.add_parser(
+        "constraints",
+        help="prompts with 1-5 verifiable constraints over Chinese seed requests (IFEval-style)",
+        description="Write JSONL prompts {prompt, request, constraints}: Chinese seed requests (news headlines, "
+        "People's Daily sentences, reviews) each with 1-5 compatible verifiable constraints (arXiv 2404.15846). "
+        "The test split's seeds never appear in the train split.",
+    )
+    constraints.add_argument("--out", required=True, metavar="JSONL", help="output file")
+    constraints.add_argument("--count", type=positive_int, default=500, help="prompts (500)")
+    constraints.add_argument("--min", type=positive_int, default=1, help="fewest constraints per prompt (1)")
+    constraints.add_argument("--max", type=positive_int, default=5, help="most constraints per prompt (5)")
+    constraints.add_argument("--split", choices=SPLITS, default="train", help="seed split (train)")
+    constraints.add_argument("--lang", choices=("zh", "en"), default="zh", help="language of the constraints (zh)")
+    constraints.add_argument("--seed", type=int, default=0, help="seed of the draws (0)")
+    constraints.add_argument(
+        "--sft", metavar="JSONL", help="also write conversations whose answers satisfy every constraint (for sft)"
+    )
+    constraints.set_defaults(handler=_constraints)
+
+    pairs = commands.add_parser(
+        "pairs",
+        help="preference pairs from a model's own answers, judged by the constraint verifiers",
+        description="Sample --samples answers per constrained prompt from MODEL; chosen satisfies the most "
+        "constraints, rejected the fewest (route sample), and/or the worst answer corrected for one failed "
+        "constraint is chosen over it (route correct, the paper's discrimination route). Writes JSONL pairs "
+        "for `ctlab train dpo`. Answers are sampled at temperature 0.8 with seed 0 unless given.",
+    )
+    add_engine_arguments(pairs)
+    pairs.add_argument("--prompts", required=True, metavar="JSONL", help="constrained prompts (`data constraints`)")
+    pairs.add_argument("--out", required=True, metavar="JSONL", help="output pairs")
+    pairs.add_argument("--samples", type=positive_int, default=4, help="answers sampled per prompt (4)")
+    pairs.add_argument("--route", choices=("sample", "correct", "both"), default="both", help="(both)")
+    pairs.add_argument("--limit", type=positive_int, help="prompts used (default: all)")
+    pairs.add_argument("--batch", type=positive_int, default=16, help="requests decoded together (16)")
+    pairs.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_sampling_arguments(pairs, max_new_tokens=160)
+    pairs.set_defaults(handler=_pairs, temperature=0.8, seed=0)

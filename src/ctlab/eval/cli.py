@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 
 from ctlab.args import positive_int
 from ctlab.errors import UserError
@@ -39,8 +40,43 @@ def _sde(args: argparse.Namespace) -> int:
         write_json(args.out, result)
     print(json.dumps(result, ensure_ascii=False) if args.json else text_table([TABLE_HEADER, table_row(result)]))
     if result["too_long"]:
-        print(f"{result['too_long']} prompts left no room for a reply in the context (scored as wrong)")
+        print(
+            f"{result['too_long']} prompts left no room for a reply in the context (scored as wrong)", file=sys.stderr
+        )
     return 0
+
+
+def _constraints(args: argparse.Namespace) -> int:
+    from ctlab.align.instructions import read_constraint_prompts
+    from ctlab.eval.constraints import evaluate_constraints, tables
+    from ctlab.infer.options import build_engine
+    from ctlab.runs import write_json
+
+    records = read_constraint_prompts(args.data)
+    print(records.summary("constrained prompts"), file=sys.stderr)
+    engine, text = build_engine(args, max_batch=args.batch)
+    items = records.items[: args.limit]
+    result = evaluate_constraints(engine, text, items, args.max_new_tokens, not args.no_progress)
+    if args.out:
+        write_json(args.out, result)
+    print(json.dumps(result, ensure_ascii=False) if args.json else tables(result))
+    if result["too_long"]:
+        print(
+            f"{result['too_long']} prompts left no room for a reply in the context (scored as failing)",
+            file=sys.stderr,
+        )
+    return 0
+
+
+def _generation_flags(parser: argparse.ArgumentParser, limit: int, max_new_tokens: int) -> None:
+    parser.add_argument("--limit", type=positive_int, default=limit, help=f"records asked ({limit})")
+    parser.add_argument(
+        "--max-new-tokens", type=positive_int, default=max_new_tokens, help=f"longest reply ({max_new_tokens})"
+    )
+    parser.add_argument("--batch", type=positive_int, default=16, help="requests decoded together (16)")
+    parser.add_argument("--out", metavar="FILE", help="write the result as JSON")
+    parser.add_argument("--json", action="store_true", help="print the result as JSON")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
 def register(commands: argparse._SubParsersAction) -> None:
@@ -70,11 +106,17 @@ def register(commands: argparse._SubParsersAction) -> None:
     add_engine_arguments(sde)
     sde.add_argument("--data", metavar="DIR", help="a folder written by `ctlab data sde` (task and design)")
     sde.add_argument("--task", choices=TASKS, help="a built-in task (with the design flags)")
-    sde.add_argument("--limit", type=positive_int, default=200, help="held-out records asked (200)")
-    sde.add_argument("--max-new-tokens", type=positive_int, default=96, help="longest reply (96)")
-    sde.add_argument("--batch", type=positive_int, default=16, help="requests decoded together (16)")
-    sde.add_argument("--out", metavar="FILE", help="write the result as JSON")
-    sde.add_argument("--json", action="store_true", help="print the result as JSON")
-    sde.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _generation_flags(sde, 200, 96)
     add_design_arguments(sde)
     sde.set_defaults(handler=_sde)
+
+    constraints = commands.add_parser(
+        "constraints",
+        help="IFEval-style accuracy on multi-constraint prompts (strict and loose, per kind)",
+        description="Answer each prompt of a file of `ctlab data constraints` greedily and check it with its "
+        "constraints' verifiers: prompt- and instruction-level accuracy, strict and loose, and per kind.",
+    )
+    add_engine_arguments(constraints)
+    constraints.add_argument("--data", required=True, metavar="JSONL", help="constrained prompts")
+    _generation_flags(constraints, 300, 160)
+    constraints.set_defaults(handler=_constraints)

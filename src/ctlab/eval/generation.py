@@ -21,13 +21,19 @@ class Replies:
     too_long: int  # prompts left without a reply: no room in the context
 
 
-def chat_replies(engine, text_model, conversations: list[list[dict]], params: SamplingParams, progress: bool = True):
-    """The reply to each conversation (its last turn a user's), in order."""
+def chat_replies(
+    engine, text_model, conversations: list[list[dict]], params: SamplingParams | list[SamplingParams], progress=True
+) -> Replies:
+    """The reply to each conversation (its last turn a user's), in order; ``params``: one for
+    all, or one per conversation (their own seeds, say)."""
     prompts = [text_model.chat_prompt(messages) for messages in conversations]
-    stops = sorted(set(params.stop_token_ids) | set(text_model.stop_ids(chat=True)))
-    params = replace(params, stop_token_ids=stops)
-    room = engine.context - params.max_new_tokens
-    requests = {i: engine.add(prompt, params) for i, prompt in enumerate(prompts) if len(prompt) <= room}
+    each = params if isinstance(params, list) else [params] * len(prompts)
+    ends = text_model.stop_ids(chat=True)
+    requests = {}
+    for i, (prompt, setting) in enumerate(zip(prompts, each, strict=True)):
+        if len(prompt) + setting.max_new_tokens <= engine.context:
+            setting = replace(setting, stop_token_ids=sorted(set(setting.stop_token_ids) | set(ends)))
+            requests[i] = engine.add(prompt, setting)
     bar = tqdm(total=len(requests), desc="generate", unit="reply", disable=not progress)
     finished = 0
     while engine.busy:

@@ -29,15 +29,10 @@ def evaluate_design(
     return {"task": task.name, "design": design.name(), **result, "too_long": replies.too_long, "examples": examples}
 
 
-def table_row(result: dict) -> list:
+def table_row(result: dict) -> list[str]:
     aspects = ", ".join(f"{name} {value:.1%}" for name, value in result["aspects"].items())
-    return [
-        result["design"],
-        str(result["records"]),
-        f"{result['parse_rate']:.1%}",
-        f"{result['accuracy']:.1%}",
-        aspects,
-    ]
+    figures = [f"{result[key]:.1%}" for key in ("parse_rate", "accuracy", "majority_accuracy")]
+    return [result["design"], str(result["records"]), *figures, aspects]
 
 
-TABLE_HEADER = ["design", "records", "parse rate", "accuracy", "per aspect"]
+TABLE_HEADER = ["design", "records", "parse rate", "accuracy", "most common answer", "per aspect"]
