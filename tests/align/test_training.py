@@ -3,6 +3,10 @@ stopped, pack without changing the loss, precompute the reference without changi
 train MoE models, and refuse bad input in one line."""
 
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -193,3 +197,22 @@ def test_bad_inputs_are_one_line_errors(tmp_path, capsys, text_model, conversati
         assert main(["train", "sft", *flags, "--out", str(tmp_path / "run"), *QUICK]) == 2
         err = capsys.readouterr().err
         assert says in err and err.count("\n") == 1, (flags, err)
+
+
+def test_dpo_on_two_processes_equals_one_process_with_accumulation(tmp_path, text_model, pair_records):
+    """torchrun, 2 CPU processes of 2 pairs each == 1 process of 2 micro-batches of 2 pairs."""
+    data = write_jsonl(tmp_path / "pairs.jsonl", pair_records)
+    common = ["--model", str(text_model), "--data", data, "--steps", "2", "--lr", "1e-3", "--batch-size", "2"]
+    torchrun = str(Path(sys.executable).with_name("torchrun"))
+    command = [torchrun, "--standalone", "--nproc-per-node", "2", "-m", "ctlab.cli", "train", "dpo"]
+    command += [*common, "--out", str(tmp_path / "ddp"), *QUICK]
+    done = subprocess.run(command, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert main(["train", "dpo", *common, "--grad-accum", "2", "--out", str(tmp_path / "one"), *QUICK]) == 0
+    ddp = load_file(checkpoints(tmp_path / "ddp")[-1][1] / "model.safetensors")
+    one = load_file(checkpoints(tmp_path / "one")[-1][1] / "model.safetensors")
+    for name, tensor in one.items():
+        torch.testing.assert_close(ddp[name], tensor, rtol=1e-4, atol=1e-6, msg=name)
+    assert [r["loss"] for r in metrics(tmp_path / "ddp") if "loss" in r] == pytest.approx(
+        [r["loss"] for r in metrics(tmp_path / "one") if "loss" in r], rel=1e-5
+    )

@@ -47,7 +47,7 @@ def _opening(text: str, limit: int = 80) -> str:
         if kept and len(kept) + len(sentence) > limit:
             break
         kept += sentence
-    return kept or text[:limit]
+    return (kept or text)[:limit]
 
 
 def seed_requests(split: str) -> list[tuple[str, list[str], str]]:

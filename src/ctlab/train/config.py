@@ -64,7 +64,8 @@ class LoopConfig:
         """A :class:`ConfigError` naming the (field, description) pairs left empty."""
         missing = [f"{name} ({what})" for name, what in fields if not getattr(self, name)]
         if missing:
-            raise ConfigError(" and ".join(missing) + (" is" if len(missing) == 1 else " are") + " required")
+            listed = missing[0] if len(missing) == 1 else ", ".join(missing[:-1]) + " and " + missing[-1]
+            raise ConfigError(listed + (" is" if len(missing) == 1 else " are") + " required")
 
 
 @config
