@@ -57,6 +57,21 @@ def atomic_write(path: str | Path, write: Callable[[IO[bytes]], Any]) -> None:
         raise
 
 
+def output_file(path: str | Path) -> Path:
+    """``path`` as a file a command may write at its end: its folder made now, so a mistake in
+    it is a one-line error before the work rather than a traceback after it."""
+    path = Path(path)
+    if path.is_dir():
+        raise UserError(f"{path} is a folder: give a file name")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise UserError(f"cannot write {path}: {err.strerror or err}") from None
+    if not os.access(path.parent, os.W_OK):
+        raise UserError(f"cannot write {path}: permission denied")
+    return path
+
+
 def write_json(path: str | Path, data: Any) -> None:
     atomic_write(path, lambda f: f.write(json.dumps(data, indent=1, ensure_ascii=False).encode() + b"\n"))
 

@@ -132,3 +132,37 @@ def test_constraint_commands_run_end_to_end(tmp_path, capsys, text_model):
     for line in pairs.read_text(encoding="utf-8").splitlines():
         pair = json.loads(line)
         assert pair["passed"][0] > pair["passed"][1] and pair["route"] == "correct"
+
+
+def test_strings_one_constraint_requires_and_another_forbids_are_refused():
+    request = "介绍北京的历史，要简短。"
+    assert not c.compatible([c.StartWith("首先，"), c.NoCommas()])  # the phrase holds a comma
+    assert not c.compatible([c.RepeatRequest(request), c.ExcludeKeywords(["北京"])])
+    assert not c.compatible([c.RepeatRequest(request), c.MaxCharacters(8)])
+    assert not c.compatible([c.IncludeKeywords(["中国人"]), c.ExcludeKeywords(["中国"])])
+    assert not c.compatible([c.EndWith("谢谢。"), c.EnglishOnly()])
+    assert c.compatible([c.StartWith("首先"), c.NoCommas(), c.IncludeKeywords(["北京"])])
+
+
+def test_sentences_end_at_full_stops_too_and_an_unended_tail_counts():
+    assert c.sentences("I agree. It is fine. Thanks.") == 3
+    assert c.sentences("第一句。第二句") == 2
+    assert c.sentences("价格是3.5元。很便宜！") == 2
+
+
+@pytest.mark.parametrize(
+    ("listed", "reason"),
+    [
+        ([{"kind": "min_characters", "n": "5"}], "min_characters constraint with a bad n"),
+        ([{"kind": "start_with"}], "start_with constraint without its fields (phrase)"),
+        ([{"kind": "start_with", "phrase": ""}], "start_with constraint with a bad phrase"),
+        ([{"kind": "teleport"}], "unknown constraint kind"),
+        (["no_commas"], "constraint not an object"),
+        ([], "no constraints list"),
+    ],
+)
+def test_malformed_constraint_records_are_left_out_with_a_reason(listed, reason):
+    from ctlab.align.records import Malformed
+
+    with pytest.raises(Malformed, match=reason.replace("(", r"\(").replace(")", r"\)")):
+        constrained_prompt({"prompt": "问", "constraints": listed})

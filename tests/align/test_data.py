@@ -144,3 +144,18 @@ def test_examples_pack_whole_with_their_own_positions_and_segments():
     # the pair's two sequences are segments 1 and 2, in one row
     pair_rows = [r for r in rows if 1 in r["segments"]]
     assert len(pair_rows) == 1 and 2 in pair_rows[0]["segments"]
+
+
+def test_records_an_encoder_refuses_are_counted_with_their_line(tmp_path):
+    from ctlab.align.records import Malformed
+
+    lines = [{"messages": [{"role": "user", "content": x}, {"role": "assistant", "content": "好"}]} for x in "甲乙丙"]
+    records = read_records(write_jsonl(tmp_path / "c.jsonl", lines), conversation, "conversations")
+
+    def encode(record):
+        if record.messages[0]["content"] == "乙":
+            raise Malformed("refused by the chat template")
+        return record
+
+    assert len(records.convert(encode)) == 2
+    assert records.left_out == {"refused by the chat template": [1, 2]} and records.lines == [1, 3]

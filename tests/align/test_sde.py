@@ -116,3 +116,24 @@ def test_bad_requests_are_one_line_errors(tmp_path, capsys, argv, says):
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert says in err and err.count("\n") == 1, err
+
+
+def test_a_classification_answer_names_exactly_one_label_as_the_design_writes_it():
+    assert parse(SENTIMENT, "情感：正面、负面", Design()) is None  # hedged
+    assert parse(SENTIMENT, "情感：1", Design()) is None  # a number where text labels were taught
+    assert parse(SENTIMENT, "情感：1", Design(labels="numeric")) == {"情感": ("负面",)}
+    empty = {aspect: () for aspect in ENTITIES.aspects}
+    record = next(r for r in ENTITIES.records("test") if not any(r.answer.values()))
+    omitted_json = Design(format="json", unmentioned="omit")
+    assert reply(ENTITIES, record, omitted_json) == "{}" and parse(ENTITIES, "{}", omitted_json) == empty
+    assert parse(ENTITIES, "人名：张三 李四\n地名 ：北京", Design())["人名"] == ("张三", "李四")
+
+
+def test_outputs_go_where_asked_or_the_mistake_is_one_line(tmp_path, capsys, text_model):
+    argv = ["eval", "sde", str(text_model), "--task", "sentiment", "--limit", "2", "--max-new-tokens", "4"]
+    nested = tmp_path / "a" / "b" / "result.json"
+    assert main([*argv, "--no-progress", "--out", str(nested)]) == 0 and nested.is_file()
+    capsys.readouterr()
+    assert main([*argv, "--no-progress", "--out", str(tmp_path)]) == 2
+    assert "is a folder" in capsys.readouterr().err
+    assert main([*argv, "--data", str(tmp_path)]) == 2

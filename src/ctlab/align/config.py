@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import field
 from typing import Annotated, Literal
 
-from pydantic import Field, NonNegativeFloat, PositiveFloat, PositiveInt, field_validator
+from pydantic import Field, NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt, field_validator
 
 from ctlab.align.losses import LOSSES
 from ctlab.config import config
@@ -29,7 +29,7 @@ class AlignConfig(LoopConfig):
     batch_size: PositiveInt = 8  # per micro-batch per process: rows (sft) or pairs (dpo)
     eval_batches: PositiveInt = 8
     lr: PositiveFloat = 1e-4
-    warmup_steps: int = 10
+    warmup_steps: NonNegativeInt = 10
 
     def require_paths(self) -> None:
         self.require(("model", "the model to start from"), ("data", "a JSONL file"), ("out", "a run folder"))
@@ -47,7 +47,8 @@ class PreferenceConfig(AlignConfig):
     """``ctlab train dpo``: preference pairs under a weighted sum of losses.
 
     losses: name → weight, e.g. {dpo: 1.0} or {dpo: 1.0, sft: 0.5} (names: :data:`LOSSES`);
-    beta for every loss; alpha: TDPO2's α; label_smoothing: DPO's ε; gamma: SimPO's margin;
+    beta for every loss (SimPO's paper uses β 2–2.5 with γ/β ≈ 0.5, far from DPO's 0.1: give it
+    its own run); alpha: TDPO2's α; label_smoothing: DPO's ε; gamma: SimPO's margin;
     reference: "auto" precomputes the reference's log-probs once and frees it unless a loss
     needs its full distributions (TDPO), "model" keeps the reference model in memory.
     """

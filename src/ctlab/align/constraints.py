@@ -18,10 +18,10 @@ import json
 import random
 import re
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import ClassVar
 
-SENTENCE = re.compile(r"[^。！？!?]+[。！？!?]+")
+SENTENCE_END = re.compile(r"(?<=[。！？!?])|(?<=\.)(?!\d)")  # a full stop between digits is a decimal point
 HAN = re.compile(r"[\u4e00-\u9fff]")
 LATIN = re.compile(r"[A-Za-z]")
 BULLET = re.compile(r"^\s*[-*•]\s+\S", re.MULTILINE)
@@ -33,8 +33,14 @@ def characters(text: str) -> int:
     return len(re.sub(r"\s", "", text))
 
 
+def sentence_list(text: str) -> list[str]:
+    """The sentences of ``text``: ended by 。！？!? or a full stop, the unended tail counted too."""
+    pieces = SENTENCE_END.split(text.replace("\n", ""))
+    return [p for p in pieces if re.search(r"\w", p)]
+
+
 def sentences(text: str) -> int:
-    return len(SENTENCE.findall(text.replace("\n", "")))
+    return len(sentence_list(text))
 
 
 def paragraphs(text: str) -> list[str]:
@@ -43,7 +49,7 @@ def paragraphs(text: str) -> list[str]:
 
 def _split_sentences(text: str, n: int) -> list[str] | None:
     """The sentences of ``text`` in ``n`` consecutive groups (None with fewer than n sentences)."""
-    found = SENTENCE.findall(text.replace("\n", ""))
+    found = sentence_list(text)
     if len(found) < n:
         return None
     size = -(-len(found) // n)
@@ -80,8 +86,9 @@ class Constraint:
         """Strings a reply must contain (so no other constraint may forbid them)."""
         return set()
 
-    def forbidden(self) -> set[str]:
-        return set()
+    def violated_by(self, text: str) -> bool:
+        """Whether a reply containing ``text`` breaks this constraint whatever else it holds."""
+        return False
 
 
 @dataclass
@@ -105,6 +112,9 @@ class MaxCharacters(Constraint):
     def check(self, reply, prompt=""):
         return characters(reply) <= self.n
 
+    def violated_by(self, text):
+        return characters(text) > self.n
+
     def fix(self, reply, prompt=""):
         kept, count = [], 0
         for char in reply:
@@ -126,7 +136,7 @@ class SentenceCount(Constraint):
         return sentences(reply) == self.n
 
     def fix(self, reply, prompt=""):
-        found = SENTENCE.findall(reply.replace("\n", ""))
+        found = sentence_list(reply)
         return "".join(found[: self.n]) if len(found) >= self.n else None
 
 
@@ -185,8 +195,8 @@ class ExcludeKeywords(Constraint):
             reply = reply.replace(word, "")
         return reply
 
-    def forbidden(self):
-        return set(self.words)
+    def violated_by(self, text):
+        return any(w in text for w in self.words)
 
 
 @dataclass
@@ -221,6 +231,9 @@ class StartWith(Constraint):
     def fix(self, reply, prompt=""):
         return self.phrase + reply.strip()
 
+    def required(self):
+        return {self.phrase}
+
 
 @dataclass
 class EndWith(Constraint):
@@ -235,6 +248,9 @@ class EndWith(Constraint):
 
     def fix(self, reply, prompt=""):
         return reply.strip() + self.phrase
+
+    def required(self):
+        return {self.phrase}
 
 
 @dataclass
@@ -320,6 +336,9 @@ class ChineseOnly(Constraint):
     def check(self, reply, prompt=""):
         return bool(HAN.search(reply)) and not LATIN.search(reply)
 
+    def violated_by(self, text):
+        return bool(LATIN.search(text))
+
     def fix(self, reply, prompt=""):
         fixed = LATIN.sub("", reply)
         return fixed if HAN.search(fixed) else None
@@ -328,26 +347,32 @@ class ChineseOnly(Constraint):
 @dataclass
 class EnglishOnly(Constraint):
     kind = "english_only"
-    conflicts = frozenset({"chinese_only", "include_keywords", "keyword_frequency", "start_with", "end_with"})
+    conflicts = frozenset({"chinese_only", "postscript", "sections"})  # whose Chinese markers hold Han characters
     zh = "只用英文回答，不要出现汉字。"
     en = "Answer in English only, with no Chinese characters."
 
     def check(self, reply, prompt=""):
         return bool(LATIN.search(reply)) and not HAN.search(reply)
 
+    def violated_by(self, text):
+        return bool(HAN.search(text))
+
 
 @dataclass
 class AllCapitals(Constraint):
     kind = "all_capitals"
-    conflicts = frozenset({"chinese_only", "include_keywords", "keyword_frequency", "start_with", "end_with"})
+    conflicts = frozenset({"chinese_only", "postscript", "sections"})
     zh = "用英文回答，并且全部使用大写字母。"
     en = "Answer in English, in capital letters only."
 
     def check(self, reply, prompt=""):
-        return bool(LATIN.search(reply)) and reply == reply.upper()
+        return bool(LATIN.search(reply)) and not HAN.search(reply) and reply == reply.upper()
 
     def fix(self, reply, prompt=""):
-        return reply.upper() if LATIN.search(reply) else None
+        return reply.upper() if LATIN.search(reply) and not HAN.search(reply) else None
+
+    def violated_by(self, text):
+        return bool(HAN.search(text)) or text != text.upper()
 
 
 @dataclass
@@ -359,6 +384,9 @@ class NoCommas(Constraint):
 
     def check(self, reply, prompt=""):
         return "，" not in reply and "," not in reply
+
+    def violated_by(self, text):
+        return not self.check(text)
 
     def fix(self, reply, prompt=""):
         return reply.replace("，", "、").replace(",", " ")
@@ -373,6 +401,9 @@ class FullWidthPunctuation(Constraint):
 
     def check(self, reply, prompt=""):
         return not ASCII_PUNCTUATION.search(reply)
+
+    def violated_by(self, text):
+        return not self.check(text)
 
     def fix(self, reply, prompt=""):
         return reply.translate(str.maketrans({",": "，", ".": "。", "!": "！", "?": "？", ";": "；", ":": "："}))
@@ -409,6 +440,9 @@ class RepeatRequest(Constraint):
     def fix(self, reply, prompt=""):
         return f"{self.request}\n{reply.strip()}"
 
+    def required(self):
+        return {self.request}
+
 
 @dataclass
 class Postscript(Constraint):
@@ -418,7 +452,8 @@ class Postscript(Constraint):
     en = "End with a postscript starting with 'P.S.'."
 
     def check(self, reply, prompt=""):
-        return bool(re.search(r"(附注：|P\.S\.)", reply.strip().splitlines()[-1] if reply.strip() else ""))
+        last = paragraphs(reply)[-1] if reply.strip() else ""
+        return bool(re.search(r"^\s*(附注：|P\.S\.)", last, re.MULTILINE))
 
     def fix(self, reply, prompt=""):
         return reply.rstrip() + "\n附注：以上供参考。"
@@ -463,7 +498,7 @@ class Sections(Constraint):
     en = "Write {n} sections, each starting with 'Section X'."
 
     def check(self, reply, prompt=""):
-        return len(re.findall(r"(第[一二三四五六七八九十\d]+部分|Section \d+)", reply)) == self.n
+        return len(re.findall(r"^\s*(第[一二三四五六七八九十\d]+部分|Section \d+)", reply, re.MULTILINE)) == self.n
 
     def fix(self, reply, prompt=""):
         groups = _split_sentences(reply, self.n)
@@ -495,29 +530,44 @@ KINDS: dict[str, type[Constraint]] = {
 }  # fmt: skip
 
 
-def from_dict(data: dict) -> Constraint:
-    """A constraint from :meth:`Constraint.to_dict`; ValueError for an unknown kind or field."""
+def from_dict(data) -> Constraint:
+    """A constraint from :meth:`Constraint.to_dict`, every field given with its type; a
+    ValueError saying what is wrong otherwise."""
+    if not isinstance(data, dict):
+        raise ValueError("constraint not an object")
     data = dict(data)
     kind = data.pop("kind", None)
     if kind not in KINDS:
-        raise ValueError(f"unknown constraint kind {kind!r}")
-    try:
-        return KINDS[kind](**data)
-    except TypeError as err:
-        raise ValueError(f"{kind}: {err}") from None
+        raise ValueError("unknown constraint kind")
+    cls = KINDS[kind]
+    expected = {f.name: f.type for f in fields(cls)}
+    if set(data) != set(expected):
+        raise ValueError(f"{kind} constraint without its fields ({', '.join(expected) or 'none'})")
+    for name, value in data.items():
+        wanted = {"int": int, "str": str, "list[str]": list}[str(expected[name])]
+        if not isinstance(value, wanted) or isinstance(value, bool) or (wanted is not int and not value):
+            raise ValueError(f"{kind} constraint with a bad {name}")
+        if wanted is int and value < 1 or wanted is list and not all(isinstance(w, str) and w for w in value):
+            raise ValueError(f"{kind} constraint with a bad {name}")
+    return cls(**data)
 
 
 def compatible(constraints: list[Constraint]) -> bool:
-    """No kind twice, no pair that cannot hold together (either side may say so), no word both
-    required and forbidden, and a length floor below its ceiling."""
+    """No kind twice, no pair that cannot hold together (either side may say so), no string one
+    constraint requires (a keyword, a first or last phrase, the request to repeat) that another
+    forbids (an excluded word, a comma, a Latin letter, too many characters), and a length floor
+    below its ceiling."""
     kinds = [c.kind for c in constraints]
     if len(set(kinds)) < len(kinds):
         return False
     if any(b.kind in a.conflicts or a.kind in b.conflicts for a in constraints for b in constraints):
         return False
     required = set().union(*(c.required() for c in constraints))
-    if required & set().union(*(c.forbidden() for c in constraints)):
+    if any(c.violated_by(text) for c in constraints for text in required):
         return False
+    for ceiling in (c for c in constraints if isinstance(c, MaxCharacters)):
+        if ceiling.violated_by("".join(required)):
+            return False
     least = max((c.n for c in constraints if isinstance(c, MinCharacters)), default=0)
     return least <= min((c.n for c in constraints if isinstance(c, MaxCharacters)), default=least)
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 from ctlab.args import positive_int
@@ -79,7 +80,11 @@ def _sde(args: argparse.Namespace) -> int:
 
 def _constraints(args: argparse.Namespace) -> int:
     from ctlab.align.instructions import constrained_prompt, constraint_prompts, write_jsonl, written_answer
+    from ctlab.runs import output_file
 
+    for path in (args.out, args.sft):
+        if path:
+            output_file(path)
     records = constraint_prompts(args.count, args.min, args.max, args.seed, args.split, args.lang)
     write_jsonl(args.out, records)
     kinds = {c["kind"] for r in records for c in r["constraints"]}
@@ -106,8 +111,11 @@ def _pairs(args: argparse.Namespace) -> int:
     from ctlab.align.instructions import read_constraint_prompts, write_jsonl
     from ctlab.align.pairs import build_pairs
     from ctlab.infer.options import build_engine, sampling_params
+    from ctlab.runs import output_file
 
+    output_file(args.out)
     records = read_constraint_prompts(args.prompts)
+    print(records.summary("constrained prompts"), file=sys.stderr)
     routes = ("sample", "correct") if args.route == "both" else (args.route,)
     engine, text = build_engine(args, max_batch=args.batch)
     params = sampling_params(args, [])

@@ -14,7 +14,7 @@ from typing import Literal
 
 import numpy as np
 
-from ctlab.align.records import Conversation, Preference
+from ctlab.align.records import Conversation, Malformed, Preference
 from ctlab.errors import UserError
 
 TrainOn = Literal["assistant", "all"]  # loss on the assistant's turns only, or on every token
@@ -48,12 +48,14 @@ class ChatEncoder:
     def render(self, messages: list[dict], generation_prompt: bool = False) -> list[int]:
         try:
             text = self.tokenizer.apply_chat_template(messages, add_generation_prompt=generation_prompt, tokenize=False)
-        except Exception as err:  # jinja's TemplateError and the template's own raise_exception
-            raise UserError(f"the chat template refuses a record ({str(err).splitlines()[0]})") from None
+        except Exception:  # jinja's TemplateError and the template's own raise_exception
+            raise Malformed("refused by the chat template") from None
         return list(self.tokenizer(text, add_special_tokens=False).input_ids)
 
     def conversation(self, record: Conversation, train_on: TrainOn = "assistant") -> Encoded:
-        """Every turn of the conversation; targets on each assistant reply (or on every token)."""
+        """Every turn of the conversation; targets on each assistant reply (or on every token).
+        :class:`Malformed` when the template refuses the record or leaves a reply without
+        tokens of its own."""
         messages = record.messages
         ids = self.render(messages)
         targets = np.zeros(len(ids), dtype=bool)
@@ -67,6 +69,8 @@ class ChatEncoder:
             upto = self.render(messages[: turn + 1])
             start = min(_common_prefix(before, upto), _common_prefix(upto, ids))
             end = _common_prefix(upto, ids)
+            if end <= start:  # the template renders this turn otherwise once later turns follow
+                raise Malformed("an assistant turn the template does not keep as written")
             targets[start:end] = True
         return Encoded(np.asarray(ids, dtype=np.int64), targets)
 

@@ -101,9 +101,9 @@ def constrained_prompt(record) -> tuple[str, list[Constraint]]:
     if not isinstance(listed, list) or not listed:
         raise Malformed("no constraints list")
     try:
-        return record["prompt"], [from_dict(c) for c in listed if isinstance(c, dict)]
+        return record["prompt"], [from_dict(c) for c in listed]
     except ValueError as err:
-        raise Malformed(str(err).split(":")[0]) from None
+        raise Malformed(str(err)) from None
 
 
 def read_constraint_prompts(path: str | Path) -> Records:

@@ -10,9 +10,8 @@ An example longer than ``seq_len`` is left out and counted, never cut.
 
 ``dataset[i]`` is row ``i`` as numpy arrays of shape (L,) — ``input_ids``, ``labels`` (the
 next token where it is a target, else IGNORE_INDEX), ``position_ids``, ``segments`` (−1 on
-padding) — plus any per-token array attached with :meth:`attach` (the reference model's
-log-probs, computed once). :class:`ctlab.tokens.loader.PackedLoader` shuffles, shards and
-resumes over it as over a packed folder.
+padding). :class:`ctlab.tokens.loader.PackedLoader` shuffles, shards and resumes over it as
+over a packed folder.
 """
 
 from __future__ import annotations
@@ -41,16 +40,9 @@ class PackedExamples:
             for row in range(packing.sequences):
                 self.rows.append([index_of[start] for start, _ in packing.sequence(row)])
         self.tokens = int(lengths.sum())
-        self.attached: dict[str, np.ndarray] = {}
 
     def __len__(self) -> int:
         return len(self.rows)
-
-    def attach(self, name: str, values: np.ndarray) -> None:
-        """Serve ``values`` (rows, L) with every row under ``name``."""
-        if values.shape != (len(self), self.seq_len):
-            raise ValueError(f"{name} must be ({len(self)}, {self.seq_len}), got {values.shape}")
-        self.attached[name] = values
 
     def __getitem__(self, index: int) -> dict[str, np.ndarray]:
         if not 0 <= index < len(self):
@@ -71,5 +63,4 @@ class PackedExamples:
                 segments[at : at + size] = segment
                 at += size
         position_ids[at:] = np.arange(length - at)  # padding: one more document
-        row = {"input_ids": input_ids, "labels": labels, "position_ids": position_ids, "segments": segments}
-        return row | {name: values[index] for name, values in self.attached.items()}
+        return {"input_ids": input_ids, "labels": labels, "position_ids": position_ids, "segments": segments}

@@ -57,13 +57,17 @@ def build_pairs(
     routes: tuple[str, ...],
     progress: bool = True,
 ) -> tuple[list[dict], Counter]:
-    """Pairs over ``items`` by ``routes``, and what gave none (``ties``, ``no correction``)."""
+    """Pairs over ``items`` by ``routes``, and what gave none (``ties``, ``no correction``, no
+    answer at all: empty, or a prompt too long for the engine's context)."""
     conversations = [[{"role": "user", "content": prompt}] for prompt, _ in items for _ in range(samples)]
     each = [replace(params, seed=None if params.seed is None else params.seed + i) for i in range(len(conversations))]
-    replies = chat_replies(engine, text_model, conversations, each, progress).texts
+    replies = chat_replies(engine, text_model, conversations, each, progress).texts  # "": no room in the context
     pairs, missed = [], Counter()
     for i, (prompt, constraints) in enumerate(items):
         answers = replies[i * samples : (i + 1) * samples]
+        if not any(answers):
+            missed["no answer (empty, or no room in the context)"] += 1
+            continue
         scores = [passed(constraints, a, prompt) for a in answers]
         if "sample" in routes:
             best, worst = scores.index(max(scores)), scores.index(min(scores))

@@ -6,7 +6,8 @@ one forward scores every response with no padding to the longest, and per-sequen
 are segment sums. The reference model is used one of two ways:
 
 - its log-probs of every pair are computed once before the first step, and it is freed (the
-  default when no loss needs more; a laptop then holds one model while training);
+  default when no loss needs more; a laptop then holds one model while it trains, and loads
+  the reference again only for the held-out evaluation, which reports its KL);
 - it stays in memory beside the policy when a loss reads its full next-token distributions
   (TDPO's sequential KL), or when asked (``reference: model``).
 
@@ -41,7 +42,7 @@ class PairSet:
 
     def __init__(self, path: str, start: StartingPoint, seq_len: int, announce: bool):
         records = read_records(path, preference, "preference pairs")
-        pairs = [start.encoder.preference(record) for record in records.items]
+        pairs = records.convert(start.encoder.preference)
         fits = [len(c.ids) + len(r.ids) <= seq_len for c, r in pairs]
         self.pairs: list[tuple[Encoded, Encoded]] = [p for p, ok in zip(pairs, fits, strict=True) if ok]
         self.seq_len, self.pad_id, self.folder = seq_len, start.pad_id, path
@@ -116,7 +117,7 @@ class PreferenceTraining(Objective):
         self.reference_logps: torch.Tensor | None = None  # (P, 2) once computed
 
     def identity(self) -> dict:
-        return data_identity(self.config)
+        return data_identity(self.config, self.start)
 
     def record(self) -> dict:
         return {"config": resolved(self.config), "pairs": len(self.train_pairs)}
@@ -137,20 +138,22 @@ class PreferenceTraining(Objective):
         return self.start.model().to(self.env.device).eval().requires_grad_(False)
 
     @torch.no_grad()
+    def prepare(self) -> None:
+        """Score every training pair with the reference once, then free it (unless it is kept)."""
+        if self.keep_reference or not self.needs_reference or self.reference_logps is not None:
+            return
+        reference, table = self._reference(), []
+        indices = list(range(len(self.train_pairs)))
+        size = 2 * self.config.batch_size
+        for first in range(0, len(indices), size):
+            batch = self._on(self.train_pairs.batch(indices[first : first + size]))
+            with self._autocast():
+                logits = reference(batch["input_ids"], batch["position_ids"]).logits
+            table.append(sequence_scores(logits, batch)[0].view(-1, 2).cpu())
+        self.reference_logps = torch.cat(table)
+
     def _precomputed(self, pairs: torch.Tensor) -> torch.Tensor:
-        """(B, 2) reference log-probs of the chosen and rejected answers of ``pairs``; all
-        pairs are scored on the first call, and the reference is freed."""
-        if self.reference_logps is None:
-            reference, table = self._reference(), []
-            indices = list(range(len(self.train_pairs)))
-            size = 2 * self.config.batch_size
-            for first in range(0, len(indices), size):
-                batch = self._on(self.train_pairs.batch(indices[first : first + size]))
-                with self._autocast():
-                    logits = reference(batch["input_ids"], batch["position_ids"]).logits
-                table.append(sequence_scores(logits, batch)[0].view(-1, 2).cpu())
-            self.reference_logps = torch.cat(table)
-            del reference
+        """(B, 2) reference log-probs of the chosen and rejected answers of ``pairs``."""
         return self.reference_logps[pairs.cpu()].to(self.env.device)
 
     def _on(self, batch: dict) -> dict:

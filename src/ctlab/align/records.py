@@ -48,11 +48,25 @@ class Records:
 
     path: str
     items: list = field(default_factory=list)
+    lines: list[int] = field(default_factory=list)  # the line number of each item
     left_out: dict[str, list[int]] = field(default_factory=dict)  # reason → [count, first line number]
 
     def leave_out(self, reason: str, line: int) -> None:
         entry = self.left_out.setdefault(reason, [0, line])
         entry[0] += 1
+
+    def convert(self, function) -> list:
+        """``function`` of every item; an item it refuses (:class:`Malformed`) is left out and
+        counted under the reason with its line (so the summary tells it)."""
+        kept, lines = [], []
+        for item, line in zip(self.items, self.lines, strict=True):
+            try:
+                kept.append(function(item))
+                lines.append(line)
+            except Malformed as err:
+                self.leave_out(str(err), line)
+        self.lines = lines
+        return kept
 
     def summary(self, what: str) -> str:
         """``read 120 conversations from F; left out 3: 2 not JSON (first at line 5), ...``"""
@@ -129,6 +143,7 @@ def read_records(path: str | Path, parse, what: str) -> Records:
                     continue
                 try:
                     records.items.append(parse(json.loads(line)))
+                    records.lines.append(number)
                 except json.JSONDecodeError:
                     records.leave_out("not JSON", number)
                 except Malformed as err:

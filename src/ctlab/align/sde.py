@@ -112,7 +112,7 @@ def formatted(task: Task, answer: dict[str, tuple[str, ...]], design: Design) ->
     shown = {a: _shown(task, a, answer[a], design) for a in task.aspects}
     shown = {a: v for a, v in shown.items() if v is not None}
     if not shown:
-        return PLACEHOLDER
+        return "{}" if design.format == "json" else PLACEHOLDER
     if design.format == "lines":
         return "\n".join(f"{a}：{v}" for a, v in shown.items())
     if design.format == "json":
@@ -154,7 +154,8 @@ def sample(task: Task, record: Record, design: Design) -> dict:
 
 # ------------------------------------------------------------------ reading answers back
 
-_WIDTH = str.maketrans({":": "：", ",": "，", ";": "；", " ": "", "\t": ""})
+_WIDTH = str.maketrans({":": "：", ",": "，", ";": "；"})
+_AROUND_MARKS = re.compile(r"[ \t]*([：，、；。])[ \t]*")
 _SEPARATORS = re.compile(r"[、，；/]")
 
 
@@ -190,7 +191,7 @@ def _parse_json(task: Task, text: str) -> dict | None:
             continue
         value = data[aspect]
         items = value if isinstance(value, list) else [value]
-        found[aspect] = tuple(v for item in items for v in _values(str(item)))
+        found[aspect] = tuple(v for item in items if item is not None for v in _values(str(item)))
     return found
 
 
@@ -211,18 +212,21 @@ def parse(task: Task, output: str, design: Design) -> dict[str, tuple[str, ...]]
     """The aspects an answer states, absent ones empty; None when it states none (unparseable)."""
     answer = _answer_part(output, design)
     found = _parse_json(task, answer) if design.format == "json" else None
-    text = answer.translate(_WIDTH).replace("：\n", "：").strip()
+    text = _AROUND_MARKS.sub(r"\1", answer.translate(_WIDTH)).replace("：\n", "：").strip()
+    text = re.sub(r"(?<=\S)[ \t]+(?=\S)", "、", text)  # names listed with spaces between them
+    if found == {} and not task.classification:  # a JSON object naming no aspect: nothing mentioned
+        return {aspect: () for aspect in task.aspects}
     if found is None:
         found = _parse_text(task, text)
     if not found:
         if text.strip("。") == PLACEHOLDER and not task.classification:
             return {aspect: () for aspect in task.aspects}
         return None
-    if task.classification:
-        labels = {str(i): label for i, label in enumerate(task.labels)} | {label: label for label in task.labels}
-        value = found.get(task.aspects[0], ())
-        label = next((labels[v.rstrip("的")] for v in value if v.rstrip("的") in labels), None)
-        return None if label is None else {task.aspects[0]: (label,)}
+    if task.classification:  # exactly one label, written as the design writes labels
+        labels = {str(i): label for i, label in enumerate(task.labels)} if design.labels == "numeric" else {}
+        labels |= {label: label for label in task.labels}
+        named = {labels.get(v.rstrip("的")) for v in found.get(task.aspects[0], ())}
+        return {task.aspects[0]: (named.pop(),)} if len(named) == 1 and None not in named else None
     return {aspect: found.get(aspect, ()) for aspect in task.aspects}
 
 

@@ -30,7 +30,7 @@ from ctlab.train.loop import Batches, Loss, Objective, fit
 def conversations(path: str, start: StartingPoint, train_on: str, seq_len: int, announce: bool) -> PackedExamples:
     """The conversations of ``path`` encoded and packed, what was left out told to the user."""
     records = read_records(path, conversation, "conversations")
-    examples = [[start.encoder.conversation(record, train_on)] for record in records.items]
+    examples = records.convert(lambda record: [start.encoder.conversation(record, train_on)])
     packed = PackedExamples(examples, seq_len, start.pad_id, path)
     if not len(packed):
         raise UserError(f"{path}: no conversation fits in seq_len {seq_len:,}")
@@ -69,7 +69,7 @@ class FineTuning(Objective):
 
     def __init__(self, config: SFTConfig, env: Distributed):
         self.config = config
-        start = StartingPoint(config.model)
+        start = self.start = StartingPoint(config.model)
         self.model = start.model()
         self.seq_len = start.row_length(config.seq_len, self.model)
         self.train_rows = conversations(config.data, start, config.train_on, self.seq_len, env.main)
@@ -82,7 +82,7 @@ class FineTuning(Objective):
         self.tokenizer_dir = start.tokenizer_dir
 
     def identity(self) -> dict:
-        return data_identity(self.config)
+        return data_identity(self.config, self.start)
 
     def record(self) -> dict:
         return {"config": resolved(self.config), "rows": len(self.train_rows), "tokens": self.train_rows.tokens}
@@ -106,7 +106,9 @@ class FineTuning(Objective):
         for first in range(0, min(len(self.eval_rows), size * self.config.eval_batches), size):
             batch = collate([self.eval_rows[i] for i in range(first, min(first + size, len(self.eval_rows)))])
             batch = {k: v.to(device) for k, v in batch.items()}
-            loss, right = token_scores(model(batch["input_ids"], batch["position_ids"]).logits, batch["labels"])
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=self.config.dtype == "bf16"):
+                logits = model(batch["input_ids"], batch["position_ids"]).logits
+            loss, right = token_scores(logits, batch["labels"])
             total, correct = total + loss.item(), correct + int(right)
             tokens += int((batch["labels"] != IGNORE_INDEX).sum())
         loss = total / max(tokens, 1)

@@ -68,10 +68,17 @@ def _absolute(path: str | None) -> str | None:
     return None if path is None else str(Path(path).resolve())
 
 
-def data_identity(config) -> dict:
-    """What an alignment run's identity adds: the starting model's path and the data by content."""
+def model_digest(checkpoint: Path) -> str:
+    """What a checkpoint holds: the digests of its config and weights."""
+    files = [checkpoint / "config.json", *sorted(checkpoint.glob("*.safetensors"))]
+    return ",".join(file_digest(path) for path in files)
+
+
+def data_identity(config, start: StartingPoint) -> dict:
+    """What an alignment run's identity is made of besides its settings: the starting model
+    and the data by what they hold (a run folder that gained a checkpoint is another start)."""
     return {
-        "start": _absolute(config.model),
+        "model": model_digest(start.checkpoint),
         "data": file_digest(config.data),
         "eval_data": None if config.eval_data is None else file_digest(config.eval_data),
     }

@@ -21,6 +21,7 @@ import re
 import zlib
 from dataclasses import dataclass
 from functools import cache
+from itertools import zip_longest
 from pathlib import Path
 
 from ctlab.errors import UserError
@@ -135,10 +136,10 @@ def _sentiment_records(split: str) -> tuple[Record, ...]:
             if 8 <= len(text) <= 80:
                 records.append(Record(text, {"情感": (label,)}))
     records = [r for r in _unique(records) if _split_of(r.text) == split]
-    # interleave the classes so any prefix is balanced
+    # the classes interleaved, so any prefix is balanced; the larger class's surplus at the end
     positive = [r for r in records if r.answer["情感"] == ("正面",)]
     negative = [r for r in records if r.answer["情感"] == ("负面",)]
-    mixed = [r for pair in zip(positive, negative, strict=False) for r in pair]
+    mixed = [r for pair in zip_longest(positive, negative) for r in pair if r is not None]
     return tuple(mixed)
 
 

@@ -24,14 +24,19 @@ def _early_exit(args: argparse.Namespace) -> int:
 
 def _sde(args: argparse.Namespace) -> int:
     from ctlab.align.data_cli import design_from, read_design_folder
+    from ctlab.align.sde import DESIGN_FIELDS
     from ctlab.align.tasks import task
     from ctlab.eval.sde import TABLE_HEADER, evaluate_design, table_row
     from ctlab.infer.options import build_engine
     from ctlab.report.tables import text_table
-    from ctlab.runs import write_json
+    from ctlab.runs import output_file, write_json
 
     if (args.data is None) == (args.task is None):
         raise UserError("give either --data (a folder of `ctlab data sde`) or --task")
+    if args.data and any(getattr(args, name) is not None for name in DESIGN_FIELDS):
+        raise UserError("--data brings its own design: drop the design flags, or use --task with them")
+    if args.out:
+        output_file(args.out)
     chosen, design = read_design_folder(args.data) if args.data else (task(args.task), design_from(args))
     design.check(chosen)
     engine, text = build_engine(args, max_batch=args.batch)
@@ -50,8 +55,10 @@ def _constraints(args: argparse.Namespace) -> int:
     from ctlab.align.instructions import read_constraint_prompts
     from ctlab.eval.constraints import evaluate_constraints, tables
     from ctlab.infer.options import build_engine
-    from ctlab.runs import write_json
+    from ctlab.runs import output_file, write_json
 
+    if args.out:
+        output_file(args.out)
     records = read_constraint_prompts(args.data)
     print(records.summary("constrained prompts"), file=sys.stderr)
     engine, text = build_engine(args, max_batch=args.batch)

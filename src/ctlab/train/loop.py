@@ -102,6 +102,9 @@ class Objective(ABC):
     def loss(self, model: torch.nn.Module, batch: dict, step: int, rng: torch.Generator) -> Loss:
         """The loss of one micro-batch; ``model`` is the wrapped (DDP, FSDP, compiled) module."""
 
+    def prepare(self) -> None:  # noqa: B027 (optional: most objectives need nothing)
+        """Work before the first step, once the models are on their device (reference scores)."""
+
     def evaluate(self, model: torch.nn.Module) -> dict[str, dict] | None:
         """Held-out results by set name (None: the objective has no held-out sets)."""
         return None
@@ -183,6 +186,7 @@ def fit(objective: Objective, config: LoopConfig, env: Distributed, progress: bo
         state = load_training_state(resume if env.main else None, model, optimizer)
         step, tokens_seen = state["step"], state["tokens_seen"]
         objective.batches.restore(state["data"])
+    objective.prepare()
     forward = torch.compile(trained) if config.compile else trained
     metrics = Metrics(config.out)
     log = metrics.append if env.main else lambda record: None
