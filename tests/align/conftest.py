@@ -1,7 +1,5 @@
 """Fixtures of the alignment tests: preference pairs and conversations built from real Chinese news."""
 
-import json
-
 import pytest
 import torch
 import transformers
@@ -11,11 +9,6 @@ import transformers
 def _quiet_transformers():
     transformers.utils.logging.disable_progress_bar()
     transformers.utils.logging.set_verbosity_error()
-
-
-def write_jsonl(path, records) -> str:
-    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), encoding="utf-8")
-    return str(path)
 
 
 @pytest.fixture(scope="session")

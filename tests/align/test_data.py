@@ -5,7 +5,7 @@ import json
 
 import numpy as np
 import pytest
-from conftest import write_jsonl
+from align_files import write_jsonl
 
 from ctlab.align.encode import ChatEncoder, Encoded
 from ctlab.align.packing import PackedExamples

@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import write_jsonl
+from align_files import write_jsonl
 
 from ctlab.align.losses import LOSSES, LossSettings, PairScores
 from ctlab.align.preference import PairSet, sequence_scores

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import write_jsonl
+from align_files import write_jsonl
 from safetensors.torch import load_file
 
 from ctlab.align.config import PreferenceConfig
@@ -132,6 +132,7 @@ def test_precomputed_reference_gives_the_same_steps(tmp_path, text_model, pair_r
         argv = ["train", "dpo", "--model", str(text_model), "--data", data, "--out", str(run), "--steps", "3"]
         assert main([*argv, "--batch-size", "4", "--lr", "1e-3", "--reference", reference, *QUICK]) == 0
         records[reference] = [r for r in metrics(run) if "loss" in r]
+        assert (run / "preference.png").is_file() and (run / "loss.png").is_file()
     assert "kl/chosen" in records["model"][0] and "kl/chosen" not in records["auto"][0]
     for auto, kept in zip(records["auto"], records["model"], strict=True):
         for key in ("loss", "rewards/chosen", "rewards/margins", "logps/rejected"):

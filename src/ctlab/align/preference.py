@@ -20,6 +20,7 @@ sequential KL of each response. The held-out pairs get the same, the KL always i
 from __future__ import annotations
 
 from contextlib import nullcontext
+from pathlib import Path
 
 import torch
 
@@ -31,6 +32,7 @@ from ctlab.align.records import preference, read_records
 from ctlab.align.start import StartingPoint, data_identity, moe_regulariser, note, resolved
 from ctlab.errors import UserError
 from ctlab.model.decoder import Decoder
+from ctlab.report.plots import preference_curves
 from ctlab.tokens.loader import PackedLoader, collate
 from ctlab.tokens.packed import IGNORE_INDEX
 from ctlab.train.distributed import Distributed, distributed
@@ -97,6 +99,7 @@ def sequence_scores(logits: torch.Tensor, batch: dict, ref_logits: torch.Tensor 
 class PreferenceTraining(Objective):
     kind = "preference"
     title = "Preference loss"
+    unit = "weighted loss per pair"
 
     def __init__(self, config: PreferenceConfig, env: Distributed):
         self.config, self.env = config, env
@@ -124,6 +127,10 @@ class PreferenceTraining(Objective):
 
     def count(self, batch: dict) -> int:
         return len(batch["pairs"])
+
+    def finish(self, records: list[dict]) -> None:
+        name = " + ".join(f"{weight:g}·{loss}" if weight != 1 else loss for loss, weight in self.losses.items())
+        preference_curves(records, Path(self.config.out) / "preference.png", f"Preference training: {name}")
 
     # ------------------------------------------------------------------ the reference
 

@@ -65,7 +65,7 @@ def token_scores(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tens
 
 class FineTuning(Objective):
     kind = "sft"
-    title = "Fine-tuning loss"
+    title = "Fine-tuning loss (the assistant's tokens)"
 
     def __init__(self, config: SFTConfig, env: Distributed):
         self.config = config

@@ -80,6 +80,7 @@ class Objective(ABC):
 
     kind: str  # the run folder's kind, e.g. "pretrain"
     title: str = "Training loss"  # the loss curve's title
+    unit: str = "cross-entropy (nats/token)"  # what its loss measures
     model: torch.nn.Module
     batches: Batches
     frozen: dict[str, torch.nn.Module] = {}
@@ -104,6 +105,9 @@ class Objective(ABC):
 
     def prepare(self) -> None:  # noqa: B027 (optional: most objectives need nothing)
         """Work before the first step, once the models are on their device (reference scores)."""
+
+    def finish(self, records: list[dict]) -> None:  # noqa: B027
+        """Work after the last step, on the first process: plots of the run's ``records``."""
 
     def evaluate(self, model: torch.nn.Module) -> dict[str, dict] | None:
         """Held-out results by set name (None: the objective has no held-out sets)."""
@@ -247,7 +251,8 @@ def fit(objective: Objective, config: LoopConfig, env: Distributed, progress: bo
         bar.update(1)
     bar.close()
     if env.main:
-        loss_curve(metrics.read(), Path(config.out) / "loss.png", objective.title)
+        loss_curve(metrics.read(), Path(config.out) / "loss.png", objective.title, objective.unit)
+        objective.finish(metrics.read())
     return last or final_metrics(config.out) or {"step": step, "eval": {}}
 
 
