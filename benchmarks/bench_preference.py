@@ -14,7 +14,7 @@ the sequential KL to the reference lower than DPO (arXiv 2404.11999) at small sc
    instruction-level accuracy, strict and loose. The held-out pairs give each preference run's
    reward accuracy and the sequential KL of chosen and rejected answers against the SFT model.
 
-    python benchmarks/bench_preference.py [--sft-steps 300] [--steps 200] [--lr 5e-5]
+    python benchmarks/bench_preference.py [--sft-steps 250] [--steps 150] [--lr 5e-5]
 """
 
 from __future__ import annotations
@@ -61,11 +61,11 @@ def pairs_file(model_dir: Path, records: list[dict], path: Path) -> int:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sft-prompts", type=int, default=6000)
-    parser.add_argument("--sft-steps", type=int, default=300)
-    parser.add_argument("--pair-prompts", type=int, default=800)
-    parser.add_argument("--steps", type=int, default=200)
+    parser.add_argument("--sft-steps", type=int, default=250)
+    parser.add_argument("--pair-prompts", type=int, default=400)
+    parser.add_argument("--steps", type=int, default=150)
     parser.add_argument("--lr", type=float, default=5e-5)
-    parser.add_argument("--eval-prompts", type=int, default=300)
+    parser.add_argument("--eval-prompts", type=int, default=200)
     args = parser.parse_args()
     OUT.mkdir(parents=True, exist_ok=True)
     base, _ = trained_layerskip_model()
