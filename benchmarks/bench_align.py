@@ -41,7 +41,7 @@ MEASUREMENTS = ("ctlab-dpo", "trl-dpo", "ctlab-dpo-ref", "trl-dpo-ref", "ctlab-s
 
 def write_data(folder: Path, pairs: int) -> tuple[Path, Path]:
     from ctlab.align.instructions import _opening
-    from ctlab.data.demo import inews_articles
+    from ctlab.data.demo import inews_articles, write_jsonl
 
     articles = [(t, _opening(x, 120)) for t, x in inews_articles(("train",)) if 6 <= len(t) <= 30][: pairs + 1]
     records, conversations = [], []
@@ -52,7 +52,7 @@ def write_data(folder: Path, pairs: int) -> tuple[Path, Path]:
         conversations.append({"messages": [*request, {"role": "assistant", "content": opening}]})
     folder.mkdir(parents=True, exist_ok=True)
     for name, rows in (("pairs.jsonl", records), ("conversations.jsonl", conversations)):
-        (folder / name).write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+        write_jsonl(rows, folder / name)
     return folder / "pairs.jsonl", folder / "conversations.jsonl"
 
 

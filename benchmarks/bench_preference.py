@@ -28,10 +28,11 @@ import torch
 from trained_model import trained_layerskip_model
 
 from ctlab.align.config import PreferenceConfig, SFTConfig
-from ctlab.align.instructions import constrained_prompt, constraint_prompts, write_jsonl, written_answer
+from ctlab.align.instructions import constrained_prompt, constraint_prompts, written_answer
 from ctlab.align.pairs import build_pairs
 from ctlab.align.preference import train_preference
 from ctlab.align.sft import train_sft
+from ctlab.data.demo import write_jsonl
 from ctlab.eval.constraints import evaluate_constraints
 from ctlab.infer.engine import Engine
 from ctlab.infer.sampling import SamplingParams
@@ -54,7 +55,7 @@ def pairs_file(model_dir: Path, records: list[dict], path: Path) -> int:
         items = [constrained_prompt(r) for r in records]
         params = SamplingParams(max_new_tokens=160, temperature=0.8, seed=0)
         pairs, _ = build_pairs(engine, text, items, 4, params, ("sample", "correct"), progress=False)
-        write_jsonl(path, pairs)
+        write_jsonl(pairs, path)
     return len(path.read_text(encoding="utf-8").splitlines())
 
 
@@ -79,7 +80,7 @@ def main() -> None:
             conversations.append(
                 {"messages": [{"role": "user", "content": prompt}, {"role": "assistant", "content": answer}]}
             )
-    write_jsonl(OUT / "sft.jsonl", conversations)
+    write_jsonl(conversations, OUT / "sft.jsonl")
     sft_run = OUT / "sft"
     sft = SFTConfig(
         model=str(base), data=str(OUT / "sft.jsonl"), out=str(sft_run), steps=args.sft_steps, batch_size=8,

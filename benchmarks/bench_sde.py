@@ -16,7 +16,6 @@ rate is shown as the first row of each task).
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import time
 from pathlib import Path
@@ -28,6 +27,7 @@ from ctlab.align.config import SFTConfig
 from ctlab.align.sde import Design, sample
 from ctlab.align.sft import train_sft
 from ctlab.align.tasks import task
+from ctlab.data.demo import write_jsonl
 from ctlab.eval.sde import TABLE_HEADER, evaluate_design, table_row
 from ctlab.infer.engine import Engine
 from ctlab.infer.text import TextModel
@@ -63,7 +63,7 @@ def fine_tune(out: Path, base: Path, task_name: str, design: Design, train: int,
     folder.mkdir(parents=True, exist_ok=True)
     data = folder / "train.jsonl"
     records = chosen.records("train")[:train]
-    data.write_text("".join(json.dumps(sample(chosen, r, design), ensure_ascii=False) + "\n" for r in records))
+    write_jsonl([sample(chosen, r, design) for r in records], data)
     config = SFTConfig(
         model=str(base),
         data=str(data),

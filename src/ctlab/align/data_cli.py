@@ -6,7 +6,6 @@ Argument parsing only, and the design flags ``ctlab eval sde`` shares.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -55,7 +54,8 @@ def read_design_folder(folder: str):
 def _sde(args: argparse.Namespace) -> int:
     from ctlab.align.sde import sample
     from ctlab.align.tasks import task
-    from ctlab.runs import atomic_write, write_json
+    from ctlab.data.demo import write_jsonl
+    from ctlab.runs import write_json
 
     chosen, design = task(args.task), design_from(args)
     design.check(chosen)
@@ -68,8 +68,7 @@ def _sde(args: argparse.Namespace) -> int:
     counts = {}
     for split, limit in (("train", args.train), ("test", args.test)):
         records = chosen.records(split)[:limit]
-        lines = "".join(json.dumps(sample(chosen, r, design), ensure_ascii=False) + "\n" for r in records)
-        atomic_write(out / f"{split}.jsonl", lambda f, text=lines: f.write(text.encode()))
+        write_jsonl([sample(chosen, r, design) for r in records], out / f"{split}.jsonl")
         counts[split] = len(records)
     write_json(out / DESIGN_FILE, {"task": chosen.name, "design": design.__dict__, "records": counts})
     train_on = "all" if design.input_loss else "assistant"
@@ -79,14 +78,15 @@ def _sde(args: argparse.Namespace) -> int:
 
 
 def _constraints(args: argparse.Namespace) -> int:
-    from ctlab.align.instructions import constrained_prompt, constraint_prompts, write_jsonl, written_answer
+    from ctlab.align.instructions import constrained_prompt, constraint_prompts, written_answer
+    from ctlab.data.demo import write_jsonl
     from ctlab.runs import output_file
 
     for path in (args.out, args.sft):
         if path:
             output_file(path)
     records = constraint_prompts(args.count, args.min, args.max, args.seed, args.split, args.lang)
-    write_jsonl(args.out, records)
+    write_jsonl(records, args.out)
     kinds = {c["kind"] for r in records for c in r["constraints"]}
     print(f"{len(records):,} prompts ({args.split} seeds) with {args.min}-{args.max} constraints of {len(kinds)} kinds")
     print(f"written: {args.out}")
@@ -98,7 +98,7 @@ def _constraints(args: argparse.Namespace) -> int:
             if answer is not None:
                 turns = [{"role": "user", "content": prompt}, {"role": "assistant", "content": answer}]
                 conversations.append({"messages": turns})
-        write_jsonl(args.sft, conversations)
+        write_jsonl(conversations, args.sft)
         unmet = len(records) - len(conversations)
         print(
             f"written: {args.sft} ({len(conversations):,} conversations whose answers satisfy every constraint; "
@@ -108,8 +108,9 @@ def _constraints(args: argparse.Namespace) -> int:
 
 
 def _pairs(args: argparse.Namespace) -> int:
-    from ctlab.align.instructions import read_constraint_prompts, write_jsonl
+    from ctlab.align.instructions import read_constraint_prompts
     from ctlab.align.pairs import build_pairs
+    from ctlab.data.demo import write_jsonl
     from ctlab.infer.options import build_engine, sampling_params
     from ctlab.runs import output_file
 
@@ -123,7 +124,7 @@ def _pairs(args: argparse.Namespace) -> int:
     pairs, missed = build_pairs(engine, text, items, args.samples, params, routes, not args.no_progress)
     if not pairs:
         raise UserError(f"no pair: every prompt's answers tied or had no correction ({dict(missed)})")
-    write_jsonl(args.out, pairs)
+    write_jsonl(pairs, args.out)
     gaps = sum(p["passed"][0] - p["passed"][1] for p in pairs) / len(pairs)
     left = ", ".join(f"{count} {why}" for why, count in missed.items()) or "none"
     print(f"{len(pairs):,} pairs from {len(items):,} prompts (mean constraints gained {gaps:.2f}); no pair: {left}")

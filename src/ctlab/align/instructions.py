@@ -16,7 +16,6 @@ own does; both strict and loose (:func:`ctlab.align.constraints.follows`), and p
 
 from __future__ import annotations
 
-import json
 import random
 import re
 from collections import defaultdict
@@ -133,10 +132,3 @@ def score_replies(items: list[tuple[str, list[Constraint]]], replies: list[str])
         "instruction_loose": sum(e[2] for e in per_kind.values()) / instructions,
         "kinds": {k: {"count": c, "strict": s / c, "loose": lo / c} for k, (c, s, lo) in sorted(per_kind.items())},
     }
-
-
-def write_jsonl(path: str | Path, records: list[dict]) -> None:
-    from ctlab.runs import atomic_write
-
-    text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
-    atomic_write(path, lambda f: f.write(text.encode()))
