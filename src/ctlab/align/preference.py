@@ -29,6 +29,7 @@ from ctlab.align.encode import Encoded
 from ctlab.align.losses import LOSSES, LossSettings, PairScores, segment_sums, token_kl, token_logps
 from ctlab.align.packing import PackedExamples
 from ctlab.align.records import preference, read_records
+from ctlab.align.sft import RowBatches
 from ctlab.align.start import StartingPoint, data_identity, moe_regulariser, note, resolved
 from ctlab.errors import UserError
 from ctlab.model.decoder import Decoder
@@ -36,7 +37,7 @@ from ctlab.report.plots import preference_curves
 from ctlab.tokens.loader import PackedLoader, collate
 from ctlab.tokens.packed import IGNORE_INDEX
 from ctlab.train.distributed import Distributed, distributed
-from ctlab.train.loop import Batches, Loss, Objective, fit
+from ctlab.train.loop import Loss, Objective, fit
 
 
 class PairSet:
@@ -68,18 +69,15 @@ class PairSet:
         return collate([packed[row] for row in range(len(packed))]) | {"pairs": torch.tensor(indices)}
 
 
-class PairBatches(Batches):
+class PairBatches(RowBatches):
+    """The loader's stream of pair indices, each micro-batch's pairs packed into rows."""
+
     def __init__(self, pairs: PairSet, loader: PackedLoader):
-        self.pairs, self.loader = pairs, loader
+        super().__init__(loader)
+        self.pairs = pairs
 
     def next(self) -> dict[str, torch.Tensor]:
         return self.pairs.batch(self.loader.next_indices())
-
-    def state(self) -> dict:
-        return self.loader.state_dict()
-
-    def restore(self, state: dict) -> None:
-        self.loader.load_state_dict(state)
 
 
 def sequence_scores(logits: torch.Tensor, batch: dict, ref_logits: torch.Tensor | None = None):

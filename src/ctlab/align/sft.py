@@ -42,6 +42,8 @@ def conversations(path: str, start: StartingPoint, train_on: str, seq_len: int, 
 
 
 class RowBatches(Batches):
+    """A loader's batches, resumable through its stream position."""
+
     def __init__(self, loader: PackedLoader):
         self.loader = loader
 
