@@ -3,11 +3,13 @@ memory-bandwidth roofline of the same machine measured in the same run.
 
 For each preset (random weights: speed does not depend on them), the ctlab model is exported
 to an HF checkpoint and loaded by transformers (``LlamaForCausalLM``, SDPA attention), so both
-compute the same function. One round = ctlab then transformers, each generating ``--new``
-tokens greedily after a ``--prompt``-token prompt (end-of-text ignored), at batch 1 and at
-batch ``--batch`` (prompts of equal length; transformers gets no padding). tokens/s counts new
-tokens over the whole call (prefill included, as a user waits for it). The ratio is per round;
-the table gives medians.
+compute the same function. One round = ctlab (its compiled decoding, then its uncompiled one)
+then transformers, each generating ``--new`` tokens greedily after a ``--prompt``-token prompt
+(end-of-text ignored), at batch 1 and at batch ``--batch`` (prompts of equal length;
+transformers gets no padding). tokens/s counts new tokens over the whole call (prefill
+included, as a user waits for it). The compiled kernels are built before the rounds (a
+process does it once; the time of that first call is reported). The ratio is per round; the
+table gives medians.
 
 Roofline: a decode step reads every weight once and the KV cache of the tokens so far, so
 tokens/s ≤ bandwidth / (weight bytes + mean KV bytes per step). Bandwidth is that of a large
@@ -19,6 +21,7 @@ array copy (read + write counted) on this machine, measured between rounds.
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import platform
@@ -50,8 +53,8 @@ def bandwidth(megabytes: int = 512, repeats: int = 5) -> float:
     return 2 * source.nbytes / best
 
 
-def ctlab_rate(model: Decoder, prompts: list[list[int]], new: int) -> float:
-    engine = Engine(model, max_batch=len(prompts), context=len(prompts[0]) + new + 1)
+def ctlab_rate(model: Decoder, prompts: list[list[int]], new: int, compile: bool) -> float:
+    engine = Engine(model, max_batch=len(prompts), context=len(prompts[0]) + new + 1, compile=compile)
     params = SamplingParams(max_new_tokens=new, ignore_eos=True)
     start = time.perf_counter()
     done = engine.generate(prompts, params)
@@ -98,30 +101,48 @@ def measure(name: str, rounds: int, prompt: int, new: int, batch: int) -> dict:
     generator = torch.Generator().manual_seed(1)
     single = [torch.randint(3, model.config.vocab_size, (prompt,), generator=generator).tolist()]
     many = [torch.randint(3, model.config.vocab_size, (prompt,), generator=generator).tolist() for _ in range(batch)]
-    ctlab_rate(model, single, 8)  # warm both up (allocators, kernels)
+    compiled, uncompiled = copy.deepcopy(model), copy.deepcopy(model)  # each engine lays its model out in place
+    start = time.perf_counter()
+    ctlab_rate(compiled, single, 8, compile=True)  # warm everything up (the compiled kernels, allocators)
+    first_call = time.perf_counter() - start
+    ctlab_rate(compiled, many, 8, compile=True)
+    ctlab_rate(uncompiled, single, 8, compile=False)
     transformers_rate(reference, single, 8)
-    rows = {"ctlab": [], "transformers": [], "ctlab_batch": [], "transformers_batch": [], "bandwidth": []}
+    rows = {
+        "ctlab": [],
+        "ctlab_uncompiled": [],
+        "transformers": [],
+        "ctlab_batch": [],
+        "transformers_batch": [],
+        "bandwidth": [],
+    }
     for _ in range(rounds):
-        rows["ctlab"].append(ctlab_rate(model, single, new))
+        rows["ctlab"].append(ctlab_rate(compiled, single, new, compile=True))
+        rows["ctlab_uncompiled"].append(ctlab_rate(uncompiled, single, new, compile=False))
         rows["transformers"].append(transformers_rate(reference, single, new))
-        rows["ctlab_batch"].append(ctlab_rate(model, many, new))
+        rows["ctlab_batch"].append(ctlab_rate(compiled, many, new, compile=True))
         rows["transformers_batch"].append(transformers_rate(reference, many, new))
         rows["bandwidth"].append(bandwidth())
     weights = weight_bytes(model)
     per_step = weights + kv_bytes_per_step(model, prompt, new, 1)
     bound = statistics.median(rows["bandwidth"]) / per_step
     ratios = [a / b for a, b in zip(rows["ctlab"], rows["transformers"], strict=True)]
+    uncompiled_ratios = [a / b for a, b in zip(rows["ctlab_uncompiled"], rows["transformers"], strict=True)]
     batch_ratios = [a / b for a, b in zip(rows["ctlab_batch"], rows["transformers_batch"], strict=True)]
     return {
         "preset": name,
         "parameters": model.num_parameters(),
         "weight_bytes": weights,
+        "first_compiled_call_s": first_call,
         "rounds": rows,
         "ratio_rounds": ratios,
+        "uncompiled_ratio_rounds": uncompiled_ratios,
         "batch_ratio_rounds": batch_ratios,
         "ctlab": statistics.median(rows["ctlab"]),
+        "ctlab_uncompiled": statistics.median(rows["ctlab_uncompiled"]),
         "transformers": statistics.median(rows["transformers"]),
         "ratio": statistics.median(ratios),
+        "uncompiled_ratio": statistics.median(uncompiled_ratios),
         "ctlab_batch": statistics.median(rows["ctlab_batch"]),
         "transformers_batch": statistics.median(rows["transformers_batch"]),
         "batch_ratio": statistics.median(batch_ratios),
@@ -145,8 +166,10 @@ def main() -> None:
         (
             "preset",
             "ctlab tok/s",
+            "uncompiled",
             "transformers tok/s",
             "× (median of rounds)",
+            "uncompiled ×",
             "roofline tok/s",
             "ctlab / roofline",
             f"batch {args.batch}: ctlab",
@@ -159,8 +182,10 @@ def main() -> None:
             (
                 r["preset"],
                 f"{r['ctlab']:.1f}",
+                f"{r['ctlab_uncompiled']:.1f}",
                 f"{r['transformers']:.1f}",
                 f"{r['ratio']:.2f} ({', '.join(f'{x:.2f}' for x in r['ratio_rounds'])})",
+                f"{r['uncompiled_ratio']:.2f}",
                 f"{r['roofline_tokens_s']:.1f}",
                 f"{r['roofline_fraction']:.0%}",
                 f"{r['ctlab_batch']:.1f}",
@@ -171,7 +196,8 @@ def main() -> None:
     print(text_table(rows))
     for r in results:
         print(
-            f"{r['preset']}: {r['weight_bytes'] / 2**20:.1f} MiB of weights, bandwidth {r['bandwidth_gb_s']:.1f} GB/s"
+            f"{r['preset']}: {r['weight_bytes'] / 2**20:.1f} MiB of weights, bandwidth {r['bandwidth_gb_s']:.1f} GB/s, "
+            f"first compiled call (8 tokens) {r['first_compiled_call_s']:.1f} s"
         )
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -5,8 +5,9 @@ client to ``ctlab serve`` on 127.0.0.1.
 Model: the trained ``tiny`` of ``trained_model.py`` (so replies are text). Each request: one
 user message (a held-out news headline and a question about it), ``max_tokens`` ``--max-tokens``,
 temperature 0. ``--max-batch 16``: the server decodes up to 16 requests together (continuous
-batching). tokens/s = completion tokens of all requests / wall time of the level; latency:
-request sent → reply received.
+batching), with serve's default compiled decoding (its kernels built in a warm-up). tokens/s =
+completion tokens of all requests / wall time of the level; latency: request sent → reply
+received.
 
     python benchmarks/bench_serve.py [--levels 1 4 16] [--requests 8] [--max-tokens 64]
 """
@@ -104,7 +105,7 @@ def main() -> None:
     questions = [f"{article.splitlines()[0]}\n这条新闻说了什么？" for article in heldout_chinese()[:64]]
     process, url = start_server(run, args.max_batch)
     try:
-        level(url, 1, 1, 8, questions)  # warm up
+        level(url, 4, 1, 8, questions)  # warm up: the compiled kernels for one row and for a few
         results = [level(url, n, args.requests, args.max_tokens, questions) for n in args.levels]
     finally:
         process.send_signal(signal.SIGINT)

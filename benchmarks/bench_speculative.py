@@ -13,10 +13,11 @@ from the held-out split (never trained on):
 - ``long``: held-out articles joined to ``--long`` tokens (TriForce's case; the model's context
   is 2048), retrieval budget ``--budget``.
 
-Greedy, end-of-text ignored, batch 1; each strategy runs after plain decoding in every round;
-the ratio is per round, medians over ``--rounds``.
+Greedy, end-of-text ignored, batch 1, the engine's compiled decoding (``--no-compile``: the
+uncompiled one; the kernels are built in a warm-up before timing); each strategy runs after
+plain decoding in every round; the ratio is per round, medians over ``--rounds``.
 
-    python benchmarks/bench_speculative.py [--rounds 3] [--new 96] [--long 1800] [--budget 256]
+    python benchmarks/bench_speculative.py [--rounds 3] [--new 96] [--long 1800] [--budget 256] [--no-compile]
 """
 
 from __future__ import annotations
@@ -54,10 +55,9 @@ def truncated(model: Decoder, layers: int) -> Decoder:
     return draft
 
 
-def decode(model: Decoder, prompt: list[int], new: int, speculator=None) -> dict:
-    engine = Engine(
-        model, context=min(len(prompt) + new + 16, model.config.max_position_embeddings), speculator=speculator
-    )
+def decode(model: Decoder, prompt: list[int], new: int, speculator=None, compile: bool = True) -> dict:
+    context = min(len(prompt) + new + 16, model.config.max_position_embeddings)
+    engine = Engine(model, context=context, speculator=speculator, compile=compile)
     start = time.perf_counter()
     request = engine.generate([prompt], SamplingParams(max_new_tokens=new, ignore_eos=True))[0]
     seconds = time.perf_counter() - start
@@ -114,6 +114,7 @@ def main() -> None:
     parser.add_argument("--new", type=int, default=96)
     parser.add_argument("--long", type=int, default=1800)
     parser.add_argument("--budget", type=int, default=256)
+    parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=True, help="compiled decoding")
     parser.add_argument("--out", default="runs/bench_speculative")
     args = parser.parse_args()
     run, _ = trained_layerskip_model()
@@ -146,11 +147,13 @@ def main() -> None:
     record = {}
     for kind, batch in prompts(text, args.long).items():
         plain_rates, results = [], {name: [] for name in [*strategies[kind], *peers[kind]]}
+        for make in [lambda: None, *strategies[kind].values()]:  # warm up: the compiled kernels are built here
+            decode(model, batch[0], 8, make(), args.compile)
         for _ in range(args.rounds):
-            plain = [decode(model, p, args.new) for p in batch]
+            plain = [decode(model, p, args.new, compile=args.compile) for p in batch]
             plain_rates.append(statistics.mean(r["tokens_per_s"] for r in plain))
             for name, make in strategies[kind].items():
-                runs = [decode(model, p, args.new, make()) for p in batch]
+                runs = [decode(model, p, args.new, make(), args.compile) for p in batch]
                 results[name].append(
                     {
                         "tokens_per_s": statistics.mean(r["tokens_per_s"] for r in runs),

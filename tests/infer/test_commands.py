@@ -39,8 +39,9 @@ def test_generate_json_equals_the_engine(text_model, capsys):
         ["--speculate", "lookup"],
         ["--kv-policy", "snapkv", "--kv-capacity", "16", "--kv-window", "4"],
         ["--quantize", "int8"],
+        ["--compile"],
     ],
-    ids=["layerskip", "lookup", "snapkv", "int8"],
+    ids=["layerskip", "lookup", "snapkv", "int8", "compile"],
 )
 def test_engine_options_reach_the_engine(text_model, capsys, options):
     prompt = "新闻" * 20
@@ -50,6 +51,8 @@ def test_engine_options_reach_the_engine(text_model, capsys, options):
         assert out["token_ids"] == plain["token_ids"] and out["stats"]["acceptance_rate"] is not None
     elif options[0] == "--kv-policy":
         assert out["stats"]["kv_bytes"] < out["stats"]["full_kv_bytes"]
+    elif options[0] == "--compile":  # compiled decoding: the same greedy reply
+        assert out["token_ids"] == plain["token_ids"]
     else:
         assert len(out["token_ids"]) == 10
 

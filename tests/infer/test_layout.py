@@ -1,30 +1,122 @@
-"""The decode layout: transposed Linear storage computes the same function and keeps the state
-dict's names and shapes, so checkpoints and weight copies do not see it."""
+"""The decode layout, uncompiled (transposed weights) and compiled (streamed Linear layers,
+fused dense layers): each computes the model's own function and keeps its state dict, the
+compiled one at decode widths through the compiled regions and at prefill widths through the
+model's code; the streaming kernel equals a matrix product of the stored weight for every
+storage dtype; a compiled engine decodes what an uncompiled one does."""
 
 import copy
 
+import pytest
 import torch
 from infer_models import VOCAB, tiny_model
 
-from ctlab.infer.layout import TransposedLinear, decode_layout
+from ctlab.infer import kernels
+from ctlab.infer.engine import Engine
+from ctlab.infer.kernels import DecodeLinear
+from ctlab.infer.layout import FusedDecoderLayer, TransposedLinear, decode_layout
+from ctlab.infer.quant import quantize, quantize_rows
+from ctlab.infer.sampling import SamplingParams
+from ctlab.infer.speculative import LayerSkip
+from ctlab.model.cache import KVCache
+from ctlab.model.decoder import DecoderLayer
 
 
-def test_same_function_same_state_dict():
+@pytest.mark.parametrize("compiled", [False, True], ids=["transposed", "compiled"])
+def test_same_function_same_state_dict(compiled):
     model = tiny_model(num_kv_heads=2, qkv_bias=True)
-    laid = decode_layout(copy.deepcopy(model))
-    assert isinstance(laid.layers[0].attention.qkv_proj, TransposedLinear)
-    x = torch.randint(0, VOCAB, (2, 9))
+    laid = decode_layout(copy.deepcopy(model), compiled)
+    linear = DecodeLinear if compiled else TransposedLinear
+    assert isinstance(laid.layers[0].attention.qkv_proj, linear) and isinstance(laid.lm_head, linear)
+    assert all(type(layer) is (FusedDecoderLayer if compiled else DecoderLayer) for layer in laid.layers)
     with torch.no_grad():
-        torch.testing.assert_close(laid(x).logits, model(x).logits, atol=1e-5, rtol=0)
+        for length in (1, 3, 12):  # one row, a few (the kernel), a prefill (a GEMM)
+            x = torch.randint(0, VOCAB, (1, length))
+            torch.testing.assert_close(laid(x).logits, model(x).logits, atol=1e-5, rtol=0)
     ours, theirs = laid.state_dict(), model.state_dict()
     assert ours.keys() == theirs.keys()
     assert all(torch.equal(ours[k], theirs[k]) for k in ours)
-    other = tiny_model(num_kv_heads=2, qkv_bias=True)
-    decode_layout(other).load_state_dict(theirs)
+    other = decode_layout(tiny_model(num_kv_heads=2, qkv_bias=True), compiled)
+    other.load_state_dict(theirs)
+    x = torch.randint(0, VOCAB, (2, 9))
     with torch.no_grad():
         torch.testing.assert_close(other(x).logits, model(x).logits, atol=1e-5, rtol=0)
 
 
-def test_a_tied_head_stays_tied():
-    model = decode_layout(tiny_model(tie_embeddings=True))
+@pytest.mark.parametrize("compiled", [False, True], ids=["transposed", "compiled"])
+def test_a_tied_head_stays_tied(compiled):
+    model = decode_layout(tiny_model(tie_embeddings=True), compiled)
     assert model.lm_head.weight is model.embed_tokens.weight
+
+
+def cached_logits(model, steps: list[int]) -> list[torch.Tensor]:
+    """Logits of a 2-row batch fed ``steps`` tokens at a time (a 10-token prefill first) on a cache."""
+    torch.manual_seed(1)
+    cache = KVCache.for_model(model, 2, 64)
+    out = []
+    with torch.inference_mode():
+        for length in [10, *steps]:
+            out.append(model(torch.randint(0, VOCAB, (2, length)), cache=cache).logits)
+    return out
+
+
+@pytest.mark.parametrize(
+    "shape",
+    [dict(num_kv_heads=2, qkv_bias=True), dict(ffn="moe", decoder_sparse_step=2, num_kv_heads=2), dict(quantized=True)],
+    ids=["dense", "dense-and-moe", "int8"],
+)
+def test_fused_decode_steps_equal_the_models_own(shape):
+    quantized = shape.pop("quantized", False)
+    model = tiny_model(**shape)
+    if quantized:
+        model = quantize(model, "int8")  # its Linear layers already stream; its layers are plain
+    laid = decode_layout(copy.deepcopy(model), compiled=True)
+    kinds = [type(layer) for layer in laid.layers]
+    assert kinds == ([FusedDecoderLayer, DecoderLayer] if shape.get("ffn") else [FusedDecoderLayer] * 2)
+    steps = [1, 1, 3, 1]  # one token per row, then a speculation's few
+    for ours, theirs in zip(cached_logits(laid, steps), cached_logits(model, steps), strict=True):
+        torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("storage", ["bf16", "int8", "fp8"])
+@pytest.mark.parametrize("rows", [1, 5, 20])
+def test_the_kernel_equals_a_matrix_product_of_the_stored_weight(storage, rows):
+    torch.manual_seed(0)
+    weight, bias = torch.randn(72, 40), torch.randn(72)
+    if storage == "bf16":
+        linear, stored = DecodeLinear(weight.bfloat16(), bias=bias), weight.bfloat16().double()
+    else:
+        values, scales = quantize_rows(weight, storage)
+        linear, stored = DecodeLinear(values, scales.view(-1), bias), values.double() * scales.double()
+    linear.streaming = True
+    x = torch.randn(rows, 40)
+    expected = (x.double() @ stored.T + bias.double()).float()
+    torch.testing.assert_close(linear(x), expected, atol=1e-4, rtol=1e-5)
+    assert linear(x[None]).shape == (1, rows, 72)
+
+
+@pytest.mark.parametrize("speculator", [None, "layerskip"])
+def test_a_compiled_engine_decodes_what_an_uncompiled_one_does(speculator):
+    model = tiny_model(num_kv_heads=2, num_layers=3)
+    prompts = [list(range(5, 25)), list(range(40, 47))]
+    params = SamplingParams(max_new_tokens=12, ignore_eos=True)
+
+    def outputs(compile: bool) -> list[list[int]]:
+        options = dict(speculator=LayerSkip(1, num_speculations=3)) if speculator else {}
+        engine = Engine(copy.deepcopy(model), max_batch=2, compile=compile, **options)
+        return [r.output for r in engine.generate(prompts, params)]
+
+    assert outputs(True) == outputs(False)
+
+
+def test_where_the_compiler_cannot_build_a_kernel_the_layer_takes_its_own_code(monkeypatch):
+    def fails(*args):
+        raise torch._dynamo.exc.BackendCompilerFailed(fails, RuntimeError("no C++ compiler"), None)
+
+    monkeypatch.setattr(kernels.STREAMED, "compiled", fails)
+    linear = DecodeLinear(torch.randn(3, 8))
+    linear.streaming = True
+    x = torch.randn(1, 8)  # one row: the kernel's case
+    with pytest.warns(UserWarning, match="without compiled kernels"):
+        torch.testing.assert_close(linear(x), x @ linear.weight.T)
+    assert not kernels.STREAMED.available
+    torch.testing.assert_close(linear(x), x @ linear.weight.T)  # the GEMM from then on, no second warning

@@ -1,5 +1,5 @@
-"""Weight-only int8 and fp8: the per-row values ctlab makes for embeddings and experts equal
-torchao's on the same matrix, quantised models stay close to fp32 (dense, MoE, tied), weights
+"""Weight-only int8 and fp8: the per-row values ctlab makes equal torchao's on the same matrix,
+and so do the products of a quantised Linear, quantised models stay close to fp32 (dense, MoE, tied), weights
 take about a quarter of the memory, and the engine decodes with them."""
 
 import copy
@@ -11,7 +11,15 @@ from torch import nn
 
 from ctlab.errors import UserError
 from ctlab.infer.engine import Engine
-from ctlab.infer.quant import QuantizedEmbedding, QuantizedExperts, quantize, quantize_rows, weight_bytes
+from ctlab.infer.kernels import DecodeLinear
+from ctlab.infer.quant import (
+    QuantizedEmbedding,
+    QuantizedExperts,
+    quantize,
+    quantize_rows,
+    quantized_linear,
+    weight_bytes,
+)
 from ctlab.infer.sampling import SamplingParams
 
 
@@ -28,6 +36,22 @@ def test_row_quantisation_equals_torchao(kind):
 
 
 @pytest.mark.parametrize("kind", ["int8", "fp8"])
+@pytest.mark.parametrize("rows", [1, 3, 16])
+def test_quantised_linear_computes_what_torchao_computes(kind, rows):
+    from torchao.quantization import Float8WeightOnlyConfig, Int8WeightOnlyConfig, quantize_
+
+    torch.manual_seed(0)
+    reference = nn.Linear(96, 40, bias=True)
+    ours = quantized_linear(reference, kind)
+    quantize_(reference, Int8WeightOnlyConfig() if kind == "int8" else Float8WeightOnlyConfig())
+    x = torch.randn(2, rows, 96)
+    with torch.no_grad():
+        for streaming in (False, True):  # a GEMM, or the compiled kernel up to 8 rows
+            ours.streaming = streaming
+            torch.testing.assert_close(ours(x), reference(x), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["int8", "fp8"])
 @pytest.mark.parametrize(
     "shape", [dict(), dict(ffn="moe", shared_expert_intermediate_size=32), dict(tie_embeddings=True)]
 )
@@ -41,6 +65,8 @@ def test_quantised_models_stay_close(kind, shape):
     kl = (reference.exp() * (reference - out)).sum(-1).mean()
     assert kl < (0.01 if kind == "int8" else 0.05)
     assert isinstance(quantised.embed_tokens, QuantizedEmbedding)
+    assert isinstance(quantised.layers[0].attention.qkv_proj, DecodeLinear)
+    assert isinstance(quantised.lm_head, DecodeLinear)
     if shape.get("ffn") == "moe":
         assert all(isinstance(layer.ffn.experts, QuantizedExperts) for layer in quantised.layers)
     assert weight_bytes(model) / weight_bytes(quantised) > 3.5
@@ -61,12 +87,13 @@ def test_quantised_experts_compute_with_the_dequantised_weights():
         torch.testing.assert_close(quantised(x, indices, weights), exact(x, indices, weights), atol=1e-6, rtol=0)
 
 
-def test_the_engine_decodes_quantised_weights():
+@pytest.mark.parametrize("compile", [False, True], ids=["gemm", "compiled"])
+def test_the_engine_decodes_quantised_weights(compile):
     model = tiny_model(num_kv_heads=2)
     prompt = list(range(5, 25))
     params = SamplingParams(max_new_tokens=8, ignore_eos=True)
-    plain = Engine(model).generate([prompt], params)[0].output
-    quantised = Engine(quantize(copy.deepcopy(model), "int8")).generate([prompt], params)[0].output
+    plain = Engine(copy.deepcopy(model)).generate([prompt], params)[0].output
+    quantised = Engine(quantize(model, "int8"), compile=compile).generate([prompt], params)[0].output
     assert len(quantised) == 8
     assert sum(a == b for a, b in zip(plain, quantised, strict=True)) >= 4  # rounding may flip near-ties
 

@@ -48,7 +48,7 @@ def stop(process):
 
 
 @pytest.fixture(scope="module")
-def server(text_model):
+def server(text_model):  # compiled decoding, serve's default: replies are checked against the uncompiled engine
     process, url = start(text_model, "--max-batch", "4")
     yield url
     stop(process)
@@ -184,7 +184,8 @@ def test_a_client_that_disconnects_frees_its_row(server):
 
 
 def test_a_full_queue_answers_429_and_the_api_key_is_checked(text_model):
-    process, url = start(text_model, "--max-batch", "1", "--max-waiting", "1", "--api-key", "secret")
+    options = ("--max-batch", "1", "--max-waiting", "1", "--api-key", "secret", "--no-compile")
+    process, url = start(text_model, *options)
     try:
         with pytest.raises(openai.AuthenticationError):
             client(url).models.list()

@@ -145,7 +145,7 @@ def register_chat(parser: argparse.ArgumentParser) -> None:
         "Chat with a model in the terminal: replies stream as they are generated, through the tokenizer's "
         "chat template. /reset starts a new conversation, /quit leaves."
     )
-    add_engine_arguments(parser)
+    add_engine_arguments(parser, compile=True)
     parser.add_argument("--system", metavar="TEXT", help="a system message that opens every conversation")
     add_sampling_arguments(parser)
     parser.set_defaults(handler=_chat)
@@ -156,7 +156,7 @@ def register_serve(parser: argparse.ArgumentParser) -> None:
         "Serve a model over an OpenAI-compatible HTTP API (/v1/models, /v1/completions, /v1/chat/completions, "
         "/health). Concurrent requests share the model through continuous batching."
     )
-    add_engine_arguments(parser)
+    add_engine_arguments(parser, compile=True)
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback only)")
     parser.add_argument("--port", type=int, default=8000)
     parser.add_argument("--api-key", help="require 'Authorization: Bearer KEY' on every /v1 request")

@@ -48,12 +48,15 @@ class Engine:
         prefill_chunk: int = 512,
         eos_token_id: int | None = None,
         max_waiting: int | None = None,
+        compile: bool = False,
     ):
         """``context``: the longest request (prompt + output) a row holds, at most the model's
         (default); ``max_waiting``: requests that may queue beyond the running ones before
-        :meth:`add` refuses (None: no bound). The model's Linear weights are re-laid for
-        decoding (:mod:`ctlab.infer.layout`: the same function, transposed storage)."""
-        self.model = decode_layout(model.eval())
+        :meth:`add` refuses (None: no bound). The model is laid out for decoding in place
+        (:mod:`ctlab.infer.layout`: the same function and parameters), with compiled decode
+        kernels when ``compile`` (on CPU: faster steps, after a compilation the first time)."""
+        self.compile = compile
+        self.model = decode_layout(model.eval(), compile)
         config = model.config
         self.context = config.max_position_embeddings if context is None else context
         if not 1 <= self.context <= config.max_position_embeddings:

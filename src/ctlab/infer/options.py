@@ -9,6 +9,7 @@ and devices, with the same one-line errors.
 from __future__ import annotations
 
 import argparse
+import sys
 
 from ctlab.args import non_negative_int, positive_float, positive_int
 from ctlab.errors import UserError
@@ -19,9 +20,18 @@ QUANTIZATIONS = ("none", "int8", "fp8")
 DTYPES = {"float32": "float32", "bfloat16": "bfloat16", "float16": "float16"}
 
 
-def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
+def add_engine_arguments(parser: argparse.ArgumentParser, compile: bool = False) -> None:
+    """The engine's options; ``compile``: this command's default for compiled decode kernels (on
+    for long-lived or long work, where a compilation at the start pays)."""
     parser.add_argument("model", metavar="MODEL", help="a run folder, a checkpoint folder or an HF checkpoint")
     engine = parser.add_argument_group("engine")
+    engine.add_argument(
+        "--compile",
+        action=argparse.BooleanOptionalAction,
+        default=compile,
+        help=f"compiled decode kernels on CPU: faster batch-1 steps after a compilation at the start "
+        f"(5-8 s; ~30 s the first time on a machine) (default: {'on' if compile else 'off'})",
+    )
     engine.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default: cuda when present)")
     engine.add_argument("--dtype", choices=DTYPES, help="weights and cache (default: float32 on CPU, bfloat16 on GPU)")
     engine.add_argument("--context", type=positive_int, help="longest prompt + reply (default: the model's context)")
@@ -105,6 +115,12 @@ def build_engine(args: argparse.Namespace, max_batch: int = 1, max_waiting: int 
 
         quantize(model, args.quantize)
     context = args.context or model.config.max_position_embeddings
+    if args.compile and device.type == "cpu":
+        print(
+            "ctlab: the decode kernels compile at the first step (5-8 s; ~30 s the first time on a machine; "
+            "--no-compile skips it)",
+            file=sys.stderr,
+        )
     engine = Engine(
         model,
         max_batch=max_batch,
@@ -113,6 +129,7 @@ def build_engine(args: argparse.Namespace, max_batch: int = 1, max_waiting: int 
         speculator=speculator(args, text, device, dtype),
         prefill_chunk=args.prefill_chunk,
         max_waiting=max_waiting,
+        compile=args.compile,
     )
     return engine, text
 

@@ -1,27 +1,29 @@
 """Weight-only int8 and fp8 (e4m3) weights for inference.
 
-The Linear layers go through torchao (``Int8WeightOnlyConfig``: int8 per output channel;
-``Float8WeightOnlyConfig``: e4m3 per output channel), which runs on CPU and CUDA with the
-project's torch. optimum-quanto does the same, but its int8 decode measured 2.5× slower than
-torchao's on ``small`` on CPU, so ctlab uses torchao. The router of a MoE layer stays in full
-precision (a small matrix whose rounding would change which experts a token reaches).
+Every quantised matrix is held per output row: int8 with scale = max |w| / 127.5 in
+[-128, 127], e4m3 with scale = max |w| / 448 — torchao's ``Int8WeightOnlyConfig`` and
+``Float8WeightOnlyConfig`` schemes (the tests check the values equal torchao's on the same
+matrix). The Linear layers become :class:`~ctlab.infer.kernels.DecodeLinear`: in the engine's
+compiled decoding its kernel reads the int8 / e4m3 values and converts them in registers;
+otherwise it converts the matrix for a GEMM. torchao's and optimum-quanto's CPU paths convert
+the whole matrix at every call, and decoded at 0.45× and 0.2× fp32 on ``small``
+(BENCHMARKS.md), so ctlab keeps torchao as the reference for the values and the products, not
+for the arithmetic. The router of a MoE layer stays in full precision (a small matrix whose
+rounding would change which experts a token reaches).
 
-torchao quantises ``nn.Linear`` modules only. The embeddings (a large share of a small
-model's weights) and the stacked expert weights of :class:`~ctlab.model.moe.Experts`
-(E, out, in) are quantised here with torchao's own per-row schemes (the tests check the values
-equal torchao's on the same matrix): int8 with scale = max |w| / 127.5 in [-128, 127], e4m3 with
-scale = max |w| / 448. They are dequantised to the activation dtype where they are read: the
-looked-up rows, the experts a token routes to. A head tied to the embeddings reads the
-quantised embeddings too.
+The embeddings (a large share of a small model's weights) and the stacked expert weights of
+:class:`~ctlab.model.moe.Experts` (E, out, in) are quantised the same way and dequantised to
+the activation dtype where they are read: the looked-up rows, the experts a token routes to.
+A head tied to the embeddings multiplies by the quantised table.
 """
 
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ctlab.errors import UserError
+from ctlab.infer.kernels import DecodeLinear
 from ctlab.model.decoder import Decoder
 from ctlab.model.moe import Experts
 
@@ -49,34 +51,18 @@ class Dequantized:
 
 
 class QuantizedEmbedding(nn.Module):
-    """An embedding table (V, d) held as int8 or fp8 rows with one scale each."""
+    """An embedding table (V, d) held as int8 or fp8 rows with one scale (V,) each."""
 
     def __init__(self, embedding: nn.Embedding, kind: str):
         super().__init__()
         values, scales = quantize_rows(embedding.weight.data, kind)
         self.register_buffer("values", values)
-        self.register_buffer("scales", scales)
+        self.register_buffer("scales", scales.view(-1))
         self.dtype = embedding.weight.dtype
-
-    @property
-    def weight(self) -> torch.Tensor:
-        """The dequantised table (V, d), for a head tied to it."""
-        return (self.values.to(torch.float32) * self.scales).to(self.dtype)
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         """ids (...) → (..., d)."""
-        return (self.values[ids].to(torch.float32) * self.scales[ids]).to(self.dtype)
-
-
-class TiedHead(nn.Module):
-    """The LM head of a model whose head is its (quantised) embedding table."""
-
-    def __init__(self, embedding: QuantizedEmbedding):
-        super().__init__()
-        self.embedding = embedding
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(x, self.embedding.weight.to(x.dtype))
+        return (self.values[ids].to(torch.float32) * self.scales[ids][..., None]).to(self.dtype)
 
 
 class QuantizedExperts(Experts):
@@ -101,40 +87,29 @@ def quantize(model: Decoder, kind: str) -> Decoder:
     """Quantise ``model``'s weights in place to ``kind`` ("int8" or "fp8"); returns it."""
     if kind not in ("int8", "fp8"):
         raise UserError(f"unknown quantisation {kind!r} (int8 or fp8)")
-    from torchao.quantization import Float8WeightOnlyConfig, Int8WeightOnlyConfig, quantize_
-
     tied = model.config.tie_embeddings
-
-    def chosen(module: nn.Module, name: str) -> bool:
-        return isinstance(module, nn.Linear) and "router" not in name and not (tied and name == "lm_head")
-
-    quantize_(model, Int8WeightOnlyConfig() if kind == "int8" else Float8WeightOnlyConfig(), filter_fn=chosen)
-    model.embed_tokens = QuantizedEmbedding(model.embed_tokens, kind)
-    if tied:
-        model.lm_head = TiedHead(model.embed_tokens)
     for module in list(model.modules()):
         for name, child in module.named_children():
             if isinstance(child, Experts) and not isinstance(child, QuantizedExperts):
                 setattr(module, name, QuantizedExperts(child, kind))
+            elif type(child) is nn.Linear and name != "router" and not (tied and child is model.lm_head):
+                setattr(module, name, quantized_linear(child, kind))
+    model.embed_tokens = QuantizedEmbedding(model.embed_tokens, kind)
+    if tied:
+        model.lm_head = DecodeLinear(model.embed_tokens.values, model.embed_tokens.scales)
     return model
+
+
+def quantized_linear(linear: nn.Linear, kind: str) -> DecodeLinear:
+    """``linear`` with its weight quantised per output row to ``kind``."""
+    values, scales = quantize_rows(linear.weight.data, kind)
+    return DecodeLinear(values, scales.view(-1), linear.bias)
 
 
 def weight_bytes(model: nn.Module) -> int:
     """Bytes of the model's weights as stored (quantised values and their scales included; a
     tied head counted once)."""
-    seen, total = set(), 0
-    for tensor in list(model.parameters()) + list(model.buffers()):
-        if id(tensor) in seen:
-            continue
-        seen.add(id(tensor))
-        total += stored_bytes(tensor)
-    return total
-
-
-def stored_bytes(tensor: torch.Tensor) -> int:
-    """Bytes of a tensor, looking inside torchao's tensor subclasses (values + scales)."""
-    inner = getattr(tensor, "__tensor_flatten__", None)
-    if inner is not None and type(tensor) not in (torch.Tensor, nn.Parameter):
-        names, _ = tensor.__tensor_flatten__()
-        return sum(stored_bytes(getattr(tensor, n)) for n in names)
-    return tensor.numel() * tensor.element_size()
+    storages = {
+        t.untyped_storage().data_ptr(): t.untyped_storage().nbytes() for t in (*model.parameters(), *model.buffers())
+    }
+    return sum(storages.values())

@@ -177,7 +177,7 @@ class DraftModel(Speculator):
                 f"the draft model's context ({self.draft.config.max_position_embeddings:,}) is shorter "
                 f"than the engine's ({engine.context:,})"
             )
-        decode_layout(self.draft)
+        decode_layout(self.draft, engine.compile)
         self.cache = KVCache.for_model(self.draft, engine.max_batch, engine.context + engine.prefill_chunk)
 
     def on_prefill(self, engine: Engine, row: int, prompt: list[int]) -> None:

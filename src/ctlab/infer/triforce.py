@@ -107,7 +107,7 @@ class TriForce(Speculator):
                 f"the draft model's context ({self.draft.config.max_position_embeddings:,}) is shorter "
                 f"than the engine's ({engine.context:,})"
             )
-        decode_layout(self.draft)
+        decode_layout(self.draft, engine.compile)
         slack = engine.prefill_chunk + self.num_speculations + self.draft_speculations + 2
         self.draft_cache = KVCache.for_model(
             self.draft, engine.max_batch, self.streaming.sinks + self.streaming.recent + slack

@@ -124,8 +124,12 @@ class KVCache:
     def entries(self, layer: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """keys, values (B, H_kv, S, D) and positions (B, H_kv, S) of ``layer`` over the used
         slots S (free slots have position :data:`EMPTY`)."""
-        used = self.used(layer)
-        return self.keys[layer][:, :, :used], self.values[layer][:, :, :used], self.positions[layer][:, :, :used]
+        used = self.used(layer)  # narrow: a decode step calls this per layer, and it is cheaper than slicing
+        return (
+            self.keys[layer].narrow(2, 0, used),
+            self.values[layer].narrow(2, 0, used),
+            self.positions[layer].narrow(2, 0, used),
+        )
 
     # ------------------------------------------------------------------ writing
 
@@ -148,11 +152,11 @@ class KVCache:
         uniform = bool((start == start.flat[0]).all()) if start.size else True
         if uniform:
             first = int(start.flat[0]) if start.size else 0
-            self.keys[layer][:, :, first : first + length] = keys
-            self.values[layer][:, :, first : first + length] = values
-            self.positions[layer][:, :, first : first + length] = positions[:, None, :]
+            self.keys[layer].narrow(2, first, length).copy_(keys)
+            self.values[layer].narrow(2, first, length).copy_(values)
+            self.positions[layer].narrow(2, first, length).copy_(positions[:, None, :])
             if self.marks is not None:
-                self.marks[layer][:, :, first : first + length] = -1
+                self.marks[layer].narrow(2, first, length).fill_(-1)
         else:
             slots = torch.from_numpy(start).to(keys.device)[..., None] + torch.arange(length, device=keys.device)
             wide = slots[..., None].expand_as(keys)
@@ -187,8 +191,7 @@ class KVCache:
 
     def next_positions(self, length: int, layer: int = 0) -> torch.Tensor:
         """(B, length) positions for the next ``length`` tokens of each row at ``layer``."""
-        device = self.keys[layer].device
-        return torch.from_numpy(self.end[layer].copy()).to(device)[:, None] + torch.arange(length, device=device)
+        return torch.from_numpy(self.end[layer][:, None] + np.arange(length)).to(self.keys[layer].device)
 
     # ------------------------------------------------------------------ eviction
 

@@ -28,12 +28,12 @@ class RMSNorm(nn.Module):
 
 
 def rotary_tables(position_ids: torch.Tensor, head_dim: int, theta: float, dtype: torch.dtype):
-    """cos, sin of shape (B, T, head_dim) for ``position_ids`` (B, T), computed in fp32."""
+    """cos and signed sin, each (B, T, head_dim), for ``position_ids`` (B, T), computed in fp32.
+    The sin's first half is negated: :func:`apply_rotary` then rotates with one roll."""
     exponents = torch.arange(0, head_dim, 2, dtype=torch.int64, device=position_ids.device).float() / head_dim
     inv_freq = 1.0 / (theta**exponents)
     freqs = position_ids[..., None].float() * inv_freq
-    angles = torch.cat((freqs, freqs), dim=-1)
-    return angles.cos().to(dtype), angles.sin().to(dtype)
+    return torch.cat((freqs, freqs), dim=-1).cos().to(dtype), torch.cat((-freqs.sin(), freqs.sin()), dim=-1).to(dtype)
 
 
 class RotaryTables:
@@ -61,10 +61,9 @@ class RotaryTables:
 
 
 def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """x (B, H, T, D) rotated by cos, sin (B, T, D)."""
-    half = x.shape[-1] // 2
-    rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
-    return x * cos[:, None] + rotated * sin[:, None]
+    """x (B, H, T, D) rotated by cos, signed sin (B, T, D) (:func:`rotary_tables`): each pair
+    (x_i, x_{i+D/2}) turns by its angle, as in Llama: x·cos + (−x₂, x₁)·sin."""
+    return torch.addcmul(x * cos[:, None], x.roll(x.shape[-1] // 2, dims=-1), sin[:, None])
 
 
 def document_mask(position_ids: torch.Tensor) -> torch.Tensor | None:
@@ -102,21 +101,31 @@ class Attention(nn.Module):
         """x (B, T, d) → (B, T, d). Without a cache, ``mask``: see :func:`document_mask` (None:
         causal). With one, the new keys/values join it at ``positions`` (B, T) and each query
         sees the cached entries at positions up to its own."""
-        batch, length, _ = x.shape
-        heads, rotated_heads = self.num_heads, self.num_heads + self.num_kv_heads
-        qkv = self.qkv_proj(x).view(batch, length, rotated_heads + self.num_kv_heads, self.head_dim)
-        qk = apply_rotary(qkv[:, :, :rotated_heads].transpose(1, 2), *rotary)  # q and k heads rotated at once
-        q, k, v = qk[:, :heads], qk[:, heads:], qkv[:, :, rotated_heads:].transpose(1, 2)
+        q, k, v = split_heads(self.qkv_proj(x), rotary, self.num_heads, self.num_kv_heads, self.head_dim)
+        return self.o_proj(self.attend(q, k, v, mask, cache, positions))
+
+    def attend(
+        self,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        mask: torch.Tensor | None,
+        cache: KVCache | None = None,
+        positions: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Rotated queries (B, H, T, D), keys and values (B, H_kv, T, D) → the heads' outputs
+        (B, T, H·D), before the output projection (masks and cache as in :meth:`forward`)."""
+        batch, _, length, _ = q.shape
         if cache is None:
             causal = mask is None and length > 1
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal, enable_gqa=True)
-            return self.o_proj(out.transpose(1, 2).reshape(batch, length, -1))
+            return out.transpose(1, 2).reshape(batch, length, -1)
         k, v, mask, causal = cache.update(self.layer, k, v, positions)
         if cache.observer is not None:
             cache.observer(self.layer, q, cache)
         if causal:
             out = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
-            return self.o_proj(out.transpose(1, 2).reshape(batch, length, -1))
+            return out.transpose(1, 2).reshape(batch, length, -1)
         # each KV head's query group as one block of G·T queries: no KV head is repeated
         group = self.num_heads // self.num_kv_heads
         q = q.reshape(batch, self.num_kv_heads, group * length, self.head_dim)
@@ -124,7 +133,19 @@ class Attention(nn.Module):
             mask = mask[:, :, None].expand(-1, -1, group, -1, -1).reshape(batch, self.num_kv_heads, group * length, -1)
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
         out = out.reshape(batch, self.num_heads, length, self.head_dim)  # CUDA kernels may return another layout
-        return self.o_proj(out.transpose(1, 2).reshape(batch, length, -1))
+        return out.transpose(1, 2).reshape(batch, length, -1)
+
+
+def split_heads(
+    qkv: torch.Tensor, rotary: tuple[torch.Tensor, torch.Tensor], heads: int, kv_heads: int, head_dim: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The fused projection qkv (B, T, (H + 2·H_kv)·D) → q (B, H, T, D) and k rotated, v
+    (B, H_kv, T, D)."""
+    batch, length, _ = qkv.shape
+    rotated_heads = heads + kv_heads
+    qkv = qkv.view(batch, length, rotated_heads + kv_heads, head_dim)
+    qk = apply_rotary(qkv[:, :, :rotated_heads].transpose(1, 2), *rotary)  # q and k heads rotated at once
+    return qk[:, :heads], qk[:, heads:], qkv[:, :, rotated_heads:].transpose(1, 2)
 
 
 class SwiGLU(nn.Module):

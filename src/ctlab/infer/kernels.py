@@ -1,0 +1,109 @@
+"""The decode kernel: a few rows times a weight matrix, streaming the matrix once.
+
+A decode step multiplies a few rows (one per sequence) by every weight matrix, so it is bound
+by how fast the matrices stream from memory. :func:`streamed` writes that product as
+``(x[..., None, :] · W).sum(-1) · scale`` over W held (out, in) in its storage dtype (fp32,
+bf16, int8 or e4m3, with one scale per output row when quantised); torch's compiler (inductor)
+turns it into a kernel that reads each row of W once, converts it to fp32 in registers and
+keeps both cores at work. Measured on a 2-core EPYC (``benchmarks/bench_decode.py``,
+``bench_quant.py``): the 49 matrices of ``small`` take 15 ms per token instead of 26 ms through
+the BLAS in fp32, and 7 ms in int8, where dequantising a matrix for a GEMM costs more than the
+GEMM. With more rows than :data:`STREAM_MAX_ROWS` (a prefill, a batch, a speculative
+verification) a GEMM on the converted matrix is faster, and :class:`DecodeLinear` uses it.
+
+Compiling costs time once per process (5–8 s with the compiler's cache warm, about 30 s on a
+fresh machine), so the engine compiles only when asked (``compile=True``,
+``--compile``): chats, lightly loaded servers and long generations at batch 1 gain, a short
+one-off loses.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+# the kernel serves one row (a decode step at batch 1): at several rows its generated loops read
+# the matrix once per row (a 5-row speculative verification took 19 ms per call on tiny's head,
+# and LayerSkip fell to half the plain speed), so more rows take the GEMM
+STREAM_MAX_ROWS = 1
+
+
+def streamed(
+    x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor | None, bias: torch.Tensor | None
+) -> torch.Tensor:
+    """x (..., in) · weight (out, in) [× scale (out,)] [+ bias (out,)] → (..., out) in x's
+    dtype, summed in fp32."""
+    out = (x[..., None, :].float() * weight.float()).sum(-1)
+    out = (out if scale is None else out * scale).to(x.dtype)
+    return out if bias is None else out + bias
+
+
+class Kernel:
+    """``function`` compiled by inductor (any shapes). Where the compiler cannot build it (no C++
+    compiler on the machine) a call returns None, with a warning the first time, and the kernel
+    stays off: callers then take their uncompiled path."""
+
+    def __init__(self, function):
+        # every intermediate is written out (they are vectors at decode widths), never recomputed
+        # inside a matrix product's loop: inlining a norm into an int8 product made it 3× slower
+        self.compiled = torch.compile(function, dynamic=True, options={"realize_opcount_threshold": 0})
+
+    @property
+    def available(self) -> bool:
+        return self.compiled is not None
+
+    def __call__(self, *args):
+        if self.compiled is None:
+            return None
+        try:
+            return self.compiled(*args)
+        except torch._dynamo.exc.BackendCompilerFailed as error:
+            warnings.warn(f"decoding without compiled kernels, more slowly: {error}", stacklevel=2)
+            self.compiled = None
+            return None
+
+
+STREAMED = Kernel(streamed)
+
+
+def frozen(tensor: torch.Tensor | None) -> nn.Parameter | None:
+    """``tensor`` as a parameter that takes no gradient (a parameter is kept as it is: a weight
+    shared with another module stays shared)."""
+    if tensor is None or isinstance(tensor, nn.Parameter):
+        return tensor
+    return nn.Parameter(tensor, requires_grad=False)
+
+
+class DecodeLinear(nn.Module):
+    """A Linear whose weight (out, in) is held in its storage dtype — float, or int8 / e4m3
+    with ``scale`` (out,) per output row: x (..., in) → (..., out). With ``streaming`` on (the
+    engine's compiled decoding), :data:`STREAM_MAX_ROWS` row goes through the streaming kernel;
+    otherwise a GEMM on the weight converted to x's dtype. It keeps ``nn.Linear``'s state
+    dict names."""
+
+    def __init__(self, weight: torch.Tensor, scale: torch.Tensor | None = None, bias: torch.Tensor | None = None):
+        super().__init__()
+        self.weight = frozen(weight)
+        self.register_buffer("scale", scale)  # None for a float weight: then not in the state dict
+        self.bias = frozen(bias)
+        self.out_features, self.in_features = weight.shape
+        self.streaming = False
+
+    def operands(self) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        """weight, scale, bias as plain tensors for :func:`streamed`: the compiler then makes one
+        kernel for every matrix shape (it would specialise on each parameter's shape)."""
+        return self.weight.detach(), self.scale, None if self.bias is None else self.bias.detach()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.streaming and 0 < x.numel() // self.in_features <= STREAM_MAX_ROWS:
+            out = STREAMED(x, *self.operands())
+            if out is not None:
+                return out
+        # (x · W) × scale: the values convert exactly to any float dtype, the scales apply to the output
+        out = F.linear(x, self.weight.to(x.dtype))
+        if self.scale is not None:
+            out = out * self.scale.to(x.dtype)
+        return out if self.bias is None else out + self.bias
