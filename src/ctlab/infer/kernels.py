@@ -42,27 +42,28 @@ def streamed(
 
 
 class Kernel:
-    """``function`` compiled by inductor (any shapes). Where the compiler cannot build it (no C++
-    compiler on the machine) a call returns None, with a warning the first time, and the kernel
-    stays off: callers then take their uncompiled path."""
+    """``function`` compiled by inductor (any shapes) at its first call (so that a process that
+    never decodes compiled does not import the compiler). Where the compiler cannot build it (no
+    C++ compiler on the machine) a call returns None, with a warning the first time, and the
+    kernel stays off (``available`` False): callers then take their uncompiled path."""
 
     def __init__(self, function):
-        # every intermediate is written out (they are vectors at decode widths), never recomputed
-        # inside a matrix product's loop: inlining a norm into an int8 product made it 3× slower
-        self.compiled = torch.compile(function, dynamic=True, options={"realize_opcount_threshold": 0})
-
-    @property
-    def available(self) -> bool:
-        return self.compiled is not None
+        self.function = function
+        self.compiled = None
+        self.available = True
 
     def __call__(self, *args):
-        if self.compiled is None:
+        if not self.available:
             return None
+        if self.compiled is None:
+            # every intermediate is written out (they are vectors at decode widths), never recomputed
+            # inside a matrix product's loop: inlining a norm into an int8 product made it 3× slower
+            self.compiled = torch.compile(self.function, dynamic=True, options={"realize_opcount_threshold": 0})
         try:
             return self.compiled(*args)
         except torch._dynamo.exc.BackendCompilerFailed as error:
             warnings.warn(f"decoding without compiled kernels, more slowly: {error}", stacklevel=2)
-            self.compiled = None
+            self.available = False
             return None
 
 
