@@ -1,15 +1,16 @@
-"""The decode kernel: a few rows times a weight matrix, streaming the matrix once.
+"""The decode kernel: one row times a weight matrix, streaming the matrix once.
 
-A decode step multiplies a few rows (one per sequence) by every weight matrix, so it is bound
-by how fast the matrices stream from memory. :func:`streamed` writes that product as
+A decode step at batch 1 multiplies one row by every weight matrix, so it is bound by how fast
+the matrices stream from memory. :func:`streamed` writes that product as
 ``(x[..., None, :] · W).sum(-1) · scale`` over W held (out, in) in its storage dtype (fp32,
 bf16, int8 or e4m3, with one scale per output row when quantised); torch's compiler (inductor)
 turns it into a kernel that reads each row of W once, converts it to fp32 in registers and
-keeps both cores at work. Measured on a 2-core EPYC (``benchmarks/bench_decode.py``,
-``bench_quant.py``): the 49 matrices of ``small`` take 15 ms per token instead of 26 ms through
-the BLAS in fp32, and 7 ms in int8, where dequantising a matrix for a GEMM costs more than the
-GEMM. With more rows than :data:`STREAM_MAX_ROWS` (a prefill, a batch, a speculative
-verification) a GEMM on the converted matrix is faster, and :class:`DecodeLinear` uses it.
+keeps both cores at work. Measured on a 2-core EPYC, the matrices alone: the 49 of ``small``
+take 15 ms per token instead of 26 ms through the BLAS in fp32, and 7 ms in int8, where
+dequantising a matrix for a GEMM costs more than the GEMM (whole-decode figures:
+``benchmarks/bench_decode.py``, ``bench_quant.py``). With more rows than
+:data:`STREAM_MAX_ROWS` (a prefill, a batch, a speculative verification) a GEMM on the
+converted matrix is faster, and :class:`DecodeLinear` uses it.
 
 Compiling costs time once per process (5–8 s with the compiler's cache warm, about 30 s on a
 fresh machine), so the engine compiles only when asked (``compile=True``,
