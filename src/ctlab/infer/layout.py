@@ -23,8 +23,8 @@ microseconds.
   speculative verifications and MoE layers (whose routing picks rows by data) take the model's
   own code.
 
-Both keep the state dict's names and values. On CUDA only the uncompiled form is used (cuBLAS
-streams either layout well; the compiled kernels are measured on CPU only).
+Both keep the state dict's names and values. On CUDA only the uncompiled form is used: the
+compiled kernels were written and measured for CPU only.
 """
 
 from __future__ import annotations
