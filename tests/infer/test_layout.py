@@ -10,7 +10,7 @@ import pytest
 import torch
 from infer_models import VOCAB, tiny_model
 
-from ctlab.infer import kernels
+from ctlab.infer import kernels, layout
 from ctlab.infer.engine import Engine
 from ctlab.infer.kernels import DecodeLinear
 from ctlab.infer.layout import FusedDecoderLayer, TransposedLinear, decode_layout
@@ -49,14 +49,28 @@ def test_a_tied_head_stays_tied(compiled):
 
 
 def cached_logits(model, steps: list[int]) -> list[torch.Tensor]:
-    """Logits of a 2-row batch fed ``steps`` tokens at a time (a 10-token prefill first) on a cache."""
+    """Logits of one row fed ``steps`` tokens at a time (a 10-token prefill first) on a cache."""
     torch.manual_seed(1)
-    cache = KVCache.for_model(model, 2, 64)
+    cache = KVCache.for_model(model, 1, 64)
     out = []
     with torch.inference_mode():
         for length in [10, *steps]:
-            out.append(model(torch.randint(0, VOCAB, (2, length)), cache=cache).logits)
+            out.append(model(torch.randint(0, VOCAB, (1, length)), cache=cache).logits)
     return out
+
+
+@pytest.fixture
+def fused_steps(monkeypatch) -> list[int]:
+    """Counts the decode steps that run in the compiled regions."""
+    calls = []
+    project = layout.PROJECT
+
+    def counted(*args):
+        calls.append(1)
+        return project(*args)
+
+    monkeypatch.setattr(layout, "PROJECT", counted)
+    return calls
 
 
 @pytest.mark.parametrize(
@@ -64,7 +78,7 @@ def cached_logits(model, steps: list[int]) -> list[torch.Tensor]:
     [dict(num_kv_heads=2, qkv_bias=True), dict(ffn="moe", decoder_sparse_step=2, num_kv_heads=2), dict(quantized=True)],
     ids=["dense", "dense-and-moe", "int8"],
 )
-def test_fused_decode_steps_equal_the_models_own(shape):
+def test_fused_decode_steps_equal_the_models_own(shape, fused_steps):
     quantized = shape.pop("quantized", False)
     model = tiny_model(**shape)
     if quantized:
@@ -72,9 +86,10 @@ def test_fused_decode_steps_equal_the_models_own(shape):
     laid = decode_layout(copy.deepcopy(model), compiled=True)
     kinds = [type(layer) for layer in laid.layers]
     assert kinds == ([FusedDecoderLayer, DecoderLayer] if shape.get("ffn") else [FusedDecoderLayer] * 2)
-    steps = [1, 1, 3, 1]  # one token per row, then a speculation's few
+    steps = [1, 1, 3, 1]  # one token at a time (the compiled regions), and a speculation's few (not)
     for ours, theirs in zip(cached_logits(laid, steps), cached_logits(model, steps), strict=True):
         torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=0)
+    assert len(fused_steps) == 3 * kinds.count(FusedDecoderLayer)
 
 
 @pytest.mark.parametrize("storage", ["bf16", "int8", "fp8"])
@@ -95,17 +110,31 @@ def test_the_kernel_equals_a_matrix_product_of_the_stored_weight(storage, rows):
 
 
 @pytest.mark.parametrize("speculator", [None, "layerskip"])
-def test_a_compiled_engine_decodes_what_an_uncompiled_one_does(speculator):
-    model = tiny_model(num_kv_heads=2, num_layers=3)
+def test_a_compiled_engine_decodes_what_an_uncompiled_one_does(speculator, fused_steps):
+    model = tiny_model(num_kv_heads=2, num_layers=3, qkv_bias=True)
     prompts = [list(range(5, 25)), list(range(40, 47))]
     params = SamplingParams(max_new_tokens=12, ignore_eos=True)
 
     def outputs(compile: bool) -> list[list[int]]:
         options = dict(speculator=LayerSkip(1, num_speculations=3)) if speculator else {}
-        engine = Engine(copy.deepcopy(model), max_batch=2, compile=compile, **options)
+        engine = Engine(copy.deepcopy(model), compile=compile, **options)  # one row: the compiled regions' case
         return [r.output for r in engine.generate(prompts, params)]
 
     assert outputs(True) == outputs(False)
+    assert fused_steps  # the compiled engine did decode through its regions
+
+
+def test_a_model_laid_out_again_takes_the_form_asked_for():
+    model = decode_layout(tiny_model(), compiled=False)
+    assert isinstance(model.lm_head, TransposedLinear)
+    decode_layout(model, compiled=True)
+    assert isinstance(model.lm_head, DecodeLinear) and type(model.layers[0]) is FusedDecoderLayer
+    x = torch.randint(0, VOCAB, (1, 6))
+    with torch.no_grad():
+        compiled = model(x).logits
+        decode_layout(model, compiled=False)
+        assert type(model.layers[0]) is DecoderLayer and isinstance(model.lm_head, TransposedLinear)
+        torch.testing.assert_close(model(x).logits, compiled, atol=1e-5, rtol=0)
 
 
 def test_where_the_compiler_cannot_build_a_kernel_the_layer_takes_its_own_code(monkeypatch):
@@ -122,3 +151,15 @@ def test_where_the_compiler_cannot_build_a_kernel_the_layer_takes_its_own_code(m
         torch.testing.assert_close(linear(x), x @ linear.weight.T)
     assert not kernel.available
     torch.testing.assert_close(linear(x), x @ linear.weight.T)  # the GEMM from then on, no second warning
+
+
+@pytest.mark.parametrize("kind", ["int8", "fp8"])
+def test_quantised_products_in_fp16_do_not_overflow(kind):
+    torch.manual_seed(0)
+    values, scales = quantize_rows(torch.randn(64, 4096) * 0.02, kind)
+    linear = DecodeLinear(values, scales.view(-1))
+    x = torch.randn(3, 4096).half() * 8  # unscaled values times these would pass fp16's 65504
+    out = linear(x)
+    assert torch.isfinite(out).all()
+    expected = x.double() @ (values.double() * scales.double()).T
+    torch.testing.assert_close(out.double(), expected, rtol=1e-2, atol=0.5)

@@ -44,9 +44,9 @@ def test_quantised_linear_computes_what_torchao_computes(kind, rows):
     reference = nn.Linear(96, 40, bias=True)
     ours = quantized_linear(reference, kind)
     quantize_(reference, Int8WeightOnlyConfig() if kind == "int8" else Float8WeightOnlyConfig())
-    x = torch.randn(2, rows, 96)
+    x = torch.randn(1, rows, 96)
     with torch.no_grad():
-        for streaming in (False, True):  # a GEMM, or the compiled kernel up to 8 rows
+        for streaming in (False, True):  # a GEMM, or the compiled kernel at one row
             ours.streaming = streaming
             torch.testing.assert_close(ours(x), reference(x), atol=1e-5, rtol=1e-5)
 

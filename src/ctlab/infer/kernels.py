@@ -72,8 +72,9 @@ STREAMED = Kernel(streamed)
 
 
 def frozen(tensor: torch.Tensor | None) -> nn.Parameter | None:
-    """``tensor`` as a parameter that takes no gradient (a parameter is kept as it is: a weight
-    shared with another module stays shared)."""
+    """``tensor`` as a parameter that takes no gradient; a parameter is kept as it is (shared
+    with the model it came from, its ``requires_grad`` untouched: the engine runs without
+    gradients)."""
     if tensor is None or isinstance(tensor, nn.Parameter):
         return tensor
     return nn.Parameter(tensor, requires_grad=False)
@@ -88,7 +89,10 @@ class DecodeLinear(nn.Module):
 
     def __init__(self, weight: torch.Tensor, scale: torch.Tensor | None = None, bias: torch.Tensor | None = None):
         super().__init__()
-        self.weight = frozen(weight)
+        if scale is None:
+            self.weight = frozen(weight)
+        else:  # quantised values are a buffer: a head tied to a quantised table shares the tensor itself
+            self.register_buffer("weight", weight)
         self.register_buffer("scale", scale)  # None for a float weight: then not in the state dict
         self.bias = frozen(bias)
         self.out_features, self.in_features = weight.shape
@@ -104,8 +108,7 @@ class DecodeLinear(nn.Module):
             out = STREAMED(x, *self.operands())
             if out is not None:
                 return out
-        # (x · W) × scale: the values convert exactly to any float dtype, the scales apply to the output
-        out = F.linear(x, self.weight.to(x.dtype))
-        if self.scale is not None:
-            out = out * self.scale.to(x.dtype)
-        return out if self.bias is None else out + self.bias
+        if self.scale is None:
+            return F.linear(x, self.weight.to(x.dtype), self.bias)
+        # scaled in fp32 before the cast: unscaled values (up to 448) would overflow fp16 products
+        return F.linear(x, (self.weight.float() * self.scale[:, None]).to(x.dtype), self.bias)

@@ -117,22 +117,30 @@ class TransposedLinear(nn.Module):
 
 def decode_layout(model: Decoder, compiled: bool = False) -> Decoder:
     """Lay ``model`` out for decoding in place, in the module docstring's compiled or uncompiled
-    form (``compiled`` is honoured on CPU). A tied head stays tied; weights of another kind
-    (torchao's quantised tensors) stay as they are. Returns the model."""
+    form (``compiled`` is honoured on CPU); a model laid out before takes the form asked for now.
+    A tied head stays tied; weights of another kind (torchao's quantised tensors) and layers of
+    other classes stay as they are. Returns the model."""
     compiled = compiled and model.norm.weight.device.type == "cpu"
+    tied = model.lm_head if model.config.tie_embeddings else None
     for module in list(model.modules()):
         for name, child in module.named_children():
-            if type(child) is not nn.Linear or type(child.weight) is not nn.Parameter:
+            float_weight = type(child) in (nn.Linear, DecodeLinear) and getattr(child, "scale", None) is None
+            if compiled and type(child) is TransposedLinear:
+                laid = DecodeLinear(child.weight_t.detach().t().contiguous(), bias=child.bias)
+            elif not float_weight or type(child.weight) is not nn.Parameter:
+                continue  # quantised, or torchao's
+            elif compiled and type(child) is nn.Linear:
+                laid = DecodeLinear(child.weight, bias=child.bias)  # the same parameters: a tied head stays tied
+            elif not compiled and child is not tied:
+                laid = TransposedLinear(child)
+            else:
                 continue
-            if compiled:
-                setattr(module, name, DecodeLinear(child.weight, bias=child.bias))
-            elif not (model.config.tie_embeddings and child is model.lm_head):
-                setattr(module, name, TransposedLinear(child))
+            setattr(module, name, laid)
     for module in model.modules():
         if isinstance(module, DecodeLinear):
             module.streaming = compiled
     for layer in model.layers:
-        if isinstance(layer, DecoderLayer) and type(layer.ffn) is SwiGLU:
+        if type(layer) in (DecoderLayer, FusedDecoderLayer) and type(layer.ffn) is SwiGLU:
             layer.__class__ = FusedDecoderLayer if compiled and _streaming(layer) else DecoderLayer
     return model
 
