@@ -110,5 +110,9 @@ class DecodeLinear(nn.Module):
                 return out
         if self.scale is None:
             return F.linear(x, self.weight.to(x.dtype), self.bias)
-        # scaled in fp32 before the cast: unscaled values (up to 448) would overflow fp16 products
-        return F.linear(x, (self.weight.float() * self.scale[:, None]).to(x.dtype), self.bias)
+        # (x · W) × scale: the values convert exactly to any float dtype and the scales apply to
+        # the output; fp16 products of the unscaled values (up to 448) could overflow, so fp16
+        # rows are multiplied in fp32
+        dtype = torch.float32 if x.dtype == torch.float16 else x.dtype
+        out = (F.linear(x.to(dtype), self.weight.to(dtype)) * self.scale.to(dtype)).to(x.dtype)
+        return out if self.bias is None else out + self.bias
