@@ -35,22 +35,20 @@ from torch import nn
 
 from ctlab.infer.kernels import STREAM_MAX_ROWS, DecodeLinear, Kernel, streamed
 from ctlab.model.decoder import Decoder, DecoderLayer
-from ctlab.model.layers import SwiGLU, split_heads
+from ctlab.model.layers import SwiGLU, rms_norm, split_heads
 
 
 def _project(x, norm, eps: float, qkv, cos, sin, heads: int, kv_heads: int, head_dim: int):
     """x (B, T, d) → rotated q (B, H, T, D), k and v (B, H_kv, T, D); ``norm`` the input norm's
     weight, ``qkv`` the projection's (weight, scale, bias)."""
-    hidden = norm * F.rms_norm(x.float(), norm.shape, eps=eps).to(x.dtype)
-    return split_heads(streamed(hidden, *qkv), (cos, sin), heads, kv_heads, head_dim)
+    return split_heads(streamed(rms_norm(x, norm, eps), *qkv), (cos, sin), heads, kv_heads, head_dim)
 
 
 def _finish(x, heads_out, output, norm, eps: float, gate_up, down):
     """x (B, T, d) and the attention heads' outputs (B, T, H·D) → the layer's output (B, T, d);
     ``output``, ``gate_up``, ``down``: the projections' (weight, scale, bias)."""
     x = x + streamed(heads_out, *output)
-    hidden = norm * F.rms_norm(x.float(), norm.shape, eps=eps).to(x.dtype)
-    gate, up = streamed(hidden, *gate_up).chunk(2, dim=-1)
+    gate, up = streamed(rms_norm(x, norm, eps), *gate_up).chunk(2, dim=-1)
     return x + streamed(F.silu(gate) * up, *down)
 
 
