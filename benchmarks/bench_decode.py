@@ -11,8 +11,9 @@ included, as a user waits for it). The compiled kernels are built before the rou
 process does it once; the time of that first call is reported). The ratio is per round; the
 table gives medians.
 
-Roofline: a decode step reads every weight once and the KV cache of the tokens so far, so
-tokens/s ≤ bandwidth / (weight bytes + mean KV bytes per step). Bandwidth is that of a large
+Roofline: a decode step reads every weight once (of the embedding table one row) and the KV
+cache of the tokens so far, so tokens/s ≤ bandwidth / (weight bytes read + mean KV bytes per
+step). Bandwidth is that of a large
 array copy (read + write counted) on this machine, measured between rounds.
 
     python benchmarks/bench_decode.py [--presets tiny small] [--rounds 5] [--new 128] [--prompt 32] [--batch 16]
@@ -80,6 +81,15 @@ def transformers_rate(model, prompts: list[list[int]], new: int) -> float:
     return len(prompts) * new / seconds
 
 
+def weight_bytes_per_step(model: Decoder) -> int:
+    """Bytes of weights a decode step reads: every weight once, except the embedding table, of
+    which it reads one row (unless the head is tied to it, and reads all of it)."""
+    table = model.embed_tokens.weight
+    if model.config.tie_embeddings:
+        return weight_bytes(model)
+    return weight_bytes(model) - table.nbytes + table[0].nbytes
+
+
 def kv_bytes_per_step(model: Decoder, prompt: int, new: int, batch: int) -> float:
     """Mean bytes of keys and values read per decode step."""
     c = model.config
@@ -124,7 +134,7 @@ def measure(name: str, rounds: int, prompt: int, new: int, batch: int) -> dict:
         rows["transformers_batch"].append(transformers_rate(reference, many, new))
         rows["bandwidth"].append(bandwidth())
     weights = weight_bytes(model)
-    per_step = weights + kv_bytes_per_step(model, prompt, new, 1)
+    per_step = weight_bytes_per_step(model) + kv_bytes_per_step(model, prompt, new, 1)
     bound = statistics.median(rows["bandwidth"]) / per_step
     ratios = [a / b for a, b in zip(rows["ctlab"], rows["transformers"], strict=True)]
     uncompiled_ratios = [a / b for a, b in zip(rows["ctlab_uncompiled"], rows["transformers"], strict=True)]
@@ -133,6 +143,7 @@ def measure(name: str, rounds: int, prompt: int, new: int, batch: int) -> dict:
         "preset": name,
         "parameters": model.num_parameters(),
         "weight_bytes": weights,
+        "weight_bytes_per_step": weight_bytes_per_step(model),
         "first_compiled_call_s": first_call,
         "rounds": rows,
         "ratio_rounds": ratios,
@@ -196,7 +207,8 @@ def main() -> None:
     print(text_table(rows))
     for r in results:
         print(
-            f"{r['preset']}: {r['weight_bytes'] / 2**20:.1f} MiB of weights, bandwidth {r['bandwidth_gb_s']:.1f} GB/s, "
+            f"{r['preset']}: {r['weight_bytes'] / 2**20:.1f} MiB of weights "
+            f"({r['weight_bytes_per_step'] / 2**20:.1f} MiB read per step), bandwidth {r['bandwidth_gb_s']:.1f} GB/s, "
             f"first compiled call (8 tokens) {r['first_compiled_call_s']:.1f} s"
         )
     out = Path(args.out)

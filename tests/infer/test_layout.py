@@ -1,8 +1,9 @@
-"""The decode layout, uncompiled (transposed weights) and compiled (streamed Linear layers,
-fused dense layers): each computes the model's own function and keeps its state dict, the
-compiled one at decode widths through the compiled regions and at prefill widths through the
-model's code; the streaming kernel equals a matrix product of the stored weight for every
-storage dtype; a compiled engine decodes what an uncompiled one does."""
+"""The decode layout, uncompiled (transposed weights) and compiled (streamed Linear layers, a
+decode step through dense layers as one compiled program): each computes the model's own
+function and keeps its state dict, the compiled one at decode widths through the compiled
+step and at prefill widths through the model's code; the streaming kernel equals a matrix
+product of the stored weight for every storage dtype; a compiled engine decodes what an
+uncompiled one does."""
 
 import copy
 
@@ -13,12 +14,12 @@ from infer_models import VOCAB, tiny_model
 from ctlab.infer import kernels, layout
 from ctlab.infer.engine import Engine
 from ctlab.infer.kernels import DecodeLinear
-from ctlab.infer.layout import FusedDecoderLayer, TransposedLinear, decode_layout
+from ctlab.infer.layout import FusedDecoder, TransposedLinear, decode_layout
 from ctlab.infer.quant import quantize, quantize_rows
 from ctlab.infer.sampling import SamplingParams
 from ctlab.infer.speculative import LayerSkip
 from ctlab.model.cache import KVCache
-from ctlab.model.decoder import DecoderLayer
+from ctlab.model.decoder import Decoder
 
 
 @pytest.mark.parametrize("compiled", [False, True], ids=["transposed", "compiled"])
@@ -27,7 +28,7 @@ def test_same_function_same_state_dict(compiled):
     laid = decode_layout(copy.deepcopy(model), compiled)
     linear = DecodeLinear if compiled else TransposedLinear
     assert isinstance(laid.layers[0].attention.qkv_proj, linear) and isinstance(laid.lm_head, linear)
-    assert all(type(layer) is (FusedDecoderLayer if compiled else DecoderLayer) for layer in laid.layers)
+    assert type(laid) is (FusedDecoder if compiled else Decoder)
     with torch.no_grad():
         for length in (1, 3, 12):  # one row, a few (the kernel), a prefill (a GEMM)
             x = torch.randint(0, VOCAB, (1, length))
@@ -48,10 +49,11 @@ def test_a_tied_head_stays_tied(compiled):
     assert model.lm_head.weight is model.embed_tokens.weight
 
 
-def cached_logits(model, steps: list[int]) -> list[torch.Tensor]:
-    """Logits of one row fed ``steps`` tokens at a time (a 10-token prefill first) on a cache."""
+def cached_logits(model, steps: list[int], capacity: int = 64, batch: int = 1) -> list[torch.Tensor]:
+    """Logits of one row fed ``steps`` tokens at a time (a 10-token prefill first) on row 0 of
+    a cache of ``batch`` rows, as the engine holds it (made outside inference mode, a view)."""
     torch.manual_seed(1)
-    cache = KVCache.for_model(model, 1, 64)
+    cache = KVCache.for_model(model, batch, capacity).rows(0, 1)
     out = []
     with torch.inference_mode():
         for length in [10, *steps]:
@@ -61,15 +63,15 @@ def cached_logits(model, steps: list[int]) -> list[torch.Tensor]:
 
 @pytest.fixture
 def fused_steps(monkeypatch) -> list[int]:
-    """Counts the decode steps that run in the compiled regions."""
+    """The number of layers of each decode step that ran as one compiled step."""
     calls = []
-    project = layout.PROJECT
+    append = KVCache.append_single  # called after each compiled step with its layers
 
-    def counted(*args):
-        calls.append(1)
-        return project(*args)
+    def counted(cache, layers, *args):
+        calls.append(len(layers))
+        return append(cache, layers, *args)
 
-    monkeypatch.setattr(layout, "PROJECT", counted)
+    monkeypatch.setattr(KVCache, "append_single", counted)
     return calls
 
 
@@ -84,12 +86,23 @@ def test_fused_decode_steps_equal_the_models_own(shape, fused_steps):
     if quantized:
         model = quantize(model, "int8")  # its Linear layers already stream; its layers are plain
     laid = decode_layout(copy.deepcopy(model), compiled=True)
-    kinds = [type(layer) for layer in laid.layers]
-    assert kinds == ([FusedDecoderLayer, DecoderLayer] if shape.get("ffn") else [FusedDecoderLayer] * 2)
-    steps = [1, 1, 3, 1]  # one token at a time (the compiled regions), and a speculation's few (not)
+    assert laid.fused == ([True, False] if shape.get("ffn") else [True, True])  # the MoE layer takes its own code
+    steps = [1, 1, 3, 1]  # one token at a time (the compiled step), and a speculation's few (not)
     for ours, theirs in zip(cached_logits(laid, steps), cached_logits(model, steps), strict=True):
         torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=0)
-    assert len(fused_steps) == 3 * kinds.count(FusedDecoderLayer)
+    assert fused_steps == [laid.fused.count(True)] * 3
+
+
+@pytest.mark.parametrize("capacity", [64, 768])
+@pytest.mark.parametrize("batch", [1, 4])
+def test_compiled_steps_on_a_row_of_the_engines_cache_equal_the_models_own(capacity, batch, fused_steps):
+    model = tiny_model(num_kv_heads=2, num_layers=4)
+    laid = decode_layout(copy.deepcopy(model), compiled=True)
+    steps = [1, 1, 1]
+    compiled, own = cached_logits(laid, steps, capacity, batch), cached_logits(model, steps, capacity, batch)
+    for ours, theirs in zip(compiled, own, strict=True):
+        torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=0)
+    assert sum(fused_steps) == 3 * 4 and max(fused_steps) <= layout.STEP_LAYERS
 
 
 @pytest.mark.parametrize("storage", ["bf16", "int8", "fp8"])
@@ -117,23 +130,25 @@ def test_a_compiled_engine_decodes_what_an_uncompiled_one_does(speculator, fused
 
     def outputs(compile: bool) -> list[list[int]]:
         options = dict(speculator=LayerSkip(1, num_speculations=3)) if speculator else {}
-        engine = Engine(copy.deepcopy(model), compile=compile, **options)  # one row: the compiled regions' case
+        engine = Engine(copy.deepcopy(model), compile=compile, **options)  # one row: the compiled step's case
         return [r.output for r in engine.generate(prompts, params)]
 
     assert outputs(True) == outputs(False)
-    assert fused_steps  # the compiled engine did decode through its regions
+    # the compiled engine decoded through its step: every layer of 11 steps a prompt, or
+    # LayerSkip's drafts (layer 0)
+    assert 1 in fused_steps if speculator else sum(fused_steps) == 2 * 11 * 3
 
 
 def test_a_model_laid_out_again_takes_the_form_asked_for():
     model = decode_layout(tiny_model(), compiled=False)
     assert isinstance(model.lm_head, TransposedLinear)
     decode_layout(model, compiled=True)
-    assert isinstance(model.lm_head, DecodeLinear) and type(model.layers[0]) is FusedDecoderLayer
+    assert isinstance(model.lm_head, DecodeLinear) and type(model) is FusedDecoder
     x = torch.randint(0, VOCAB, (1, 6))
     with torch.no_grad():
         compiled = model(x).logits
         decode_layout(model, compiled=False)
-        assert type(model.layers[0]) is DecoderLayer and isinstance(model.lm_head, TransposedLinear)
+        assert type(model) is Decoder and isinstance(model.lm_head, TransposedLinear)
         torch.testing.assert_close(model(x).logits, compiled, atol=1e-5, rtol=0)
 
 
@@ -151,6 +166,22 @@ def test_where_the_compiler_cannot_build_a_kernel_the_layer_takes_its_own_code(m
         torch.testing.assert_close(linear(x), x @ linear.weight.T)
     assert not kernel.available
     torch.testing.assert_close(linear(x), x @ linear.weight.T)  # the GEMM from then on, no second warning
+
+
+def test_where_the_compiler_cannot_build_the_step_the_model_takes_its_own_code(monkeypatch, fused_steps):
+    def fails(*args):
+        raise torch._dynamo.exc.BackendCompilerFailed(fails, RuntimeError("no C++ compiler"), None)
+
+    step = kernels.Kernel(layout.decode_step)
+    step.compiled = fails
+    monkeypatch.setattr(layout, "STEP", step)
+    model = tiny_model()
+    laid = decode_layout(copy.deepcopy(model), compiled=True)
+    with pytest.warns(UserWarning, match="without compiled kernels"):
+        compiled = cached_logits(laid, [1, 1])
+    for ours, theirs in zip(compiled, cached_logits(model, [1, 1]), strict=True):
+        torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=0)
+    assert not step.available and not fused_steps
 
 
 @pytest.mark.parametrize("kind", ["int8", "fp8"])

@@ -2,26 +2,22 @@
 
 A decode step multiplies a few rows (one per sequence) by every weight matrix, so it is bound by
 how fast the matrices stream from memory, and, on a small model, by launching some thirty small
-operations per layer (norms, the rotary turn, SwiGLU's gate, residual adds), each costing
-microseconds.
+operations per layer (norms, the rotary turn, SwiGLU's gate, residual adds, the cache writes),
+each costing microseconds.
 
 - Uncompiled (the default): each float Linear becomes a :class:`TransposedLinear`, ``x @ Wᵀ``
   with Wᵀ stored contiguously (in, out) through the BLAS, which streams the matrix in the order
   the kernel consumes it (``F.linear`` on the (out, in) layout reached less than half the rate
   on a 2-core EPYC). Quantised layers multiply by a GEMM on their converted weight.
 - Compiled (``compile=True``, on CPU): every Linear becomes a streaming
-  :class:`~ctlab.infer.kernels.DecodeLinear` on the same parameters, and a dense layer's decode
-  step (a KV cache, :data:`~ctlab.infer.kernels.STREAM_MAX_ROWS` row: batch 1) runs as
-
-  1. one compiled region: input norm → q, k, v projection → rotary turn;
-  2. :meth:`~ctlab.model.layers.Attention.attend`, as in training: the cache update, the
-     observer a KV policy watches, the attention;
-  3. one compiled region: output projection → residual → FFN norm → SwiGLU → residual;
-
-  with every matrix product :func:`~ctlab.infer.kernels.streamed` and the small operations
-  fused around them (``benchmarks/bench_decode.py`` has the figures). Prefills, batches,
-  speculative verifications and MoE layers (whose routing picks rows by data) take the model's
-  own code.
+  :class:`~ctlab.infer.kernels.DecodeLinear` on the same parameters, and the model a
+  :class:`FusedDecoder`: a batch-1 decode step through a run of dense layers is one compiled
+  region (:func:`decode_step`), every layer's norms, projections (each
+  :func:`~ctlab.infer.kernels.streamed`), rotary turn, cache writes, attention and SwiGLU
+  generated as one program and launched once per step (``benchmarks/bench_decode.py`` has the
+  figures). Prefills, batches, speculative verifications, MoE layers (whose routing picks rows
+  by data) and steps a KV policy watches take the model's own code, with each one-row product
+  still streamed.
 
 Both keep the state dict's names and values. On CUDA only the uncompiled form is used: the
 compiled kernels were written and measured for CPU only.
@@ -33,53 +29,139 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ctlab.infer.kernels import STREAM_MAX_ROWS, DecodeLinear, Kernel, streamed
-from ctlab.model.decoder import Decoder, DecoderLayer
+from ctlab.infer.kernels import DecodeLinear, Kernel, streamed
+from ctlab.model.cache import KVCache
+from ctlab.model.decoder import Decoder, DecoderLayer, LayersOutput
 from ctlab.model.layers import SwiGLU, rms_norm, split_heads
 
 
-def _project(x, norm, eps: float, qkv, cos, sin, heads: int, kv_heads: int, head_dim: int):
-    """x (B, T, d) → rotated q (B, H, T, D), k and v (B, H_kv, T, D); ``norm`` the input norm's
-    weight, ``qkv`` the projection's (weight, scale, bias)."""
-    return split_heads(streamed(rms_norm(x, norm, eps), *qkv), (cos, sin), heads, kv_heads, head_dim)
+def decode_step(x, rotary, slots, layers, caches, eps: float, heads: int, kv_heads: int, head_dim: int):
+    """One token x (1, 1, d) through ``layers`` → its output (1, 1, d) and each layer's new key
+    and value (1, H_kv, 1, D), for the caller to write into the cache.
+
+    ``rotary``: its cos, sin (1, 1, D); ``layers``: per layer the input norm's weight, the
+    q, k, v projection's (weight, scale, bias), the output projection's, the FFN norm's weight,
+    SwiGLU's gate-and-up and down projections'; ``caches``: per layer the cache's keys and
+    values (B, H_kv, C, D), whose row 0 holds the entries the token attends to in slots
+    [0, the layer's slot in ``slots``). The program reads the cache and writes nothing into
+    it: inductor's on-disk cache of torch 2.13 reused a program that wrote into a cache view
+    for another view, which then lost its writes."""
+    new_keys, new_values = [], []
+    for (norm, qkv, output, ffn_norm, gate_up, down), (keys, values), slot in zip(layers, caches, slots, strict=True):
+        q, k, v = split_heads(streamed(rms_norm(x, norm, eps), *qkv), rotary, heads, kv_heads, head_dim)
+        heads_out = _attend_with_new(q, keys[:1, :, :slot], values[:1, :, :slot], k, v)
+        x = x + streamed(heads_out, *output)
+        gate, up = streamed(rms_norm(x, ffn_norm, eps), *gate_up).chunk(2, dim=-1)  # SwiGLU, on plain tensors
+        x = x + streamed(F.silu(gate) * up, *down)
+        new_keys.append(k)
+        new_values.append(v)
+    return x, new_keys, new_values
 
 
-def _finish(x, heads_out, output, norm, eps: float, gate_up, down):
-    """x (B, T, d) and the attention heads' outputs (B, T, H·D) → the layer's output (B, T, d);
-    ``output``, ``gate_up``, ``down``: the projections' (weight, scale, bias)."""
-    x = x + streamed(heads_out, *output)
-    gate, up = streamed(rms_norm(x, norm, eps), *gate_up).chunk(2, dim=-1)
-    return x + streamed(F.silu(gate) * up, *down)
+def _attend_with_new(q, keys, values, key, value):
+    """One token's queries q (1, H, 1, D) attending to the cached keys, values (1, H_kv, S, D)
+    and to its own key, value (1, H_kv, 1, D) → the heads' outputs (1, 1, H·D): the softmax
+    over S + 1 entries without copying the S into one tensor with the new one."""
+    batch, heads, _, head_dim = q.shape
+    kv_heads = keys.shape[1]
+    q = q.reshape(batch, kv_heads, heads // kv_heads, head_dim) * head_dim**-0.5  # each KV head's query group
+    old = (q @ keys.transpose(-1, -2)).float()  # (1, H_kv, G, S)
+    new = (q * key).sum(-1, keepdim=True).float()  # (1, H_kv, G, 1)
+    top = torch.maximum(old.amax(-1, keepdim=True), new)
+    old, new = (old - top).exp(), (new - top).exp()
+    out = ((old.to(values.dtype) @ values).float() + new * value.float()) / (old.sum(-1, keepdim=True) + new)
+    return out.to(q.dtype).reshape(batch, 1, heads * head_dim)
 
 
-PROJECT = Kernel(_project)
-FINISH = Kernel(_finish)
+def exit_step(hidden, norm, eps: float, head):
+    """One row's logits: hidden (1, 1, d) through the final norm (its weight ``norm``) and the
+    head's (weight, scale, bias) → (1, 1, V)."""
+    return streamed(rms_norm(hidden, norm, eps), *head)
 
 
-class FusedDecoderLayer(DecoderLayer):
-    """A dense :class:`DecoderLayer` whose decode steps run in the two compiled regions above;
-    :func:`decode_layout` gives a layer this class in place (the same modules and parameters)."""
+STEP = Kernel(decode_step)
+# layers per compiled step: compiling takes longer the more layers one program holds (on a
+# 2-core EPYC, the compiler's cache cold: 12 layers 125 s, 4 layers 79 s, 2 layers 30-41 s;
+# warm 7 s), and a model of any depth runs the same program over pairs of layers
+STEP_LAYERS = 2
+EXIT = Kernel(exit_step)
 
-    def forward(self, x, rotary, mask, cache=None, positions=None):
-        if cache is None or x.shape[0] * x.shape[1] > STREAM_MAX_ROWS or not FINISH.available:
-            return super().forward(x, rotary, mask, cache, positions)
-        attention, norm, ffn_norm = self.attention, self.input_norm, self.ffn_norm
-        heads = (attention.num_heads, attention.num_kv_heads, attention.head_dim)
-        projected = PROJECT(x, norm.weight.detach(), norm.eps, attention.qkv_proj.operands(), *rotary, *heads)
-        if projected is None:  # the compiler could not build it: the model's own code
-            return super().forward(x, rotary, mask, cache, positions)
-        heads_out = attention.attend(*projected, mask, cache, positions)
-        operands = (
-            x,
-            heads_out,
+
+class FusedDecoder(Decoder):
+    """A :class:`Decoder` whose batch-1 decode steps through dense layers run as one
+    :data:`STEP`, and whose one-row logits as one :data:`EXIT`. :func:`decode_layout` gives a
+    model this class in place (the same modules and parameters); ``fused`` says which of its
+    layers the step may take."""
+
+    fused: list[bool]
+
+    def run_layers(self, x, position_ids=None, cache=None, start=0, stop=None, skip=None, output_hidden_states=False):
+        stop = len(self.layers) if stop is None else stop
+        if not self._steps(x, cache) or skip is not None or output_hidden_states or position_ids is not None:
+            return super().run_layers(x, position_ids, cache, start, stop, skip, output_hidden_states)
+        router = []
+        for begin, end, fused in self._runs(start, stop):  # consecutive layers the step takes, or not
+            layers = range(begin, end)
+            slots = cache.single_slots(layers) if fused else None
+            out = None if slots is None else self._step(x, cache, layers, slots)
+            if out is None:
+                run = super().run_layers(x, None, cache, begin, end)
+                out, router = run.hidden, router + run.router
+            x = out
+        return LayersOutput(x, None, router)
+
+    def _steps(self, x: torch.Tensor, cache: KVCache | None) -> bool:
+        """Whether this call may be a :data:`STEP`: one token of one row on a cache no observer
+        watches."""
+        return cache is not None and x.shape[:2] == (1, 1) and cache.observer is None and STEP.available
+
+    def _runs(self, start: int, stop: int) -> list[tuple[int, int, bool]]:
+        """Layers [start, stop) as runs [begin, end) of layers that :data:`STEP` may take
+        (fused; at most :data:`STEP_LAYERS` a run) or not (as many as follow each other)."""
+        runs = []
+        for i in range(start, stop):
+            fused = self.fused[i]
+            if runs and runs[-1][2] == fused and not (fused and runs[-1][1] - runs[-1][0] == STEP_LAYERS):
+                runs[-1] = (runs[-1][0], i + 1, fused)
+            else:
+                runs.append((i, i + 1, self.fused[i]))
+        return runs
+
+    def _step(self, x: torch.Tensor, cache: KVCache, layers: range, slots: list[int]) -> torch.Tensor | None:
+        """x (1, 1, d) through ``layers`` as one :data:`STEP` (None where it cannot be built)."""
+        position_ids = self.input_positions(x, None, cache, layers.start)
+        caches = [(cache.keys[i], cache.values[i]) for i in layers]
+        operands = [self._operands(self.layers[i]) for i in layers]
+        config = self.config
+        shape = config.rms_norm_eps, config.num_heads, config.num_kv_heads, config.head_dim
+        out = STEP(x, self.rotary(position_ids, x.dtype), slots, operands, caches, *shape)
+        if out is None:
+            return None
+        x, keys, values = out
+        cache.append_single(layers, slots, keys, values, position_ids)
+        return x
+
+    def exit_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        head = self.lm_head
+        if hidden.shape[:2] == (1, 1) and isinstance(head, DecodeLinear) and head.streaming:
+            logits = EXIT(hidden, self.norm.weight.detach(), self.norm.eps, head.operands())
+            if logits is not None:
+                return logits
+        return super().exit_logits(hidden)
+
+    @staticmethod
+    def _operands(layer: DecoderLayer) -> tuple:
+        """``layer``'s weights as :func:`decode_step` takes them (plain tensors: one compiled
+        program then serves every model of the same depth)."""
+        attention = layer.attention
+        return (
+            layer.input_norm.weight.detach(),
+            attention.qkv_proj.operands(),
             attention.o_proj.operands(),
-            ffn_norm.weight.detach(),
-            ffn_norm.eps,
-            self.ffn.gate_up_proj.operands(),
-            self.ffn.down_proj.operands(),
+            layer.ffn_norm.weight.detach(),
+            layer.ffn.gate_up_proj.operands(),
+            layer.ffn.down_proj.operands(),
         )
-        out = FINISH(*operands)
-        return (_finish(*operands) if out is None else out), None
 
 
 class TransposedLinear(nn.Module):
@@ -137,13 +219,19 @@ def decode_layout(model: Decoder, compiled: bool = False) -> Decoder:
     for module in model.modules():
         if isinstance(module, DecodeLinear):
             module.streaming = compiled
-    for layer in model.layers:
-        if type(layer) in (DecoderLayer, FusedDecoderLayer) and type(layer.ffn) is SwiGLU:
-            layer.__class__ = FusedDecoderLayer if compiled and _streaming(layer) else DecoderLayer
+    if type(model) in (Decoder, FusedDecoder):
+        model.__class__ = FusedDecoder if compiled else Decoder
+        if compiled:
+            model.fused = [_fusable(layer) for layer in model.layers]
+        elif "fused" in vars(model):
+            del model.fused
     return model
 
 
-def _streaming(layer: DecoderLayer) -> bool:
-    """Whether every projection of ``layer`` is a streaming :class:`DecodeLinear`."""
+def _fusable(layer: nn.Module) -> bool:
+    """Whether :data:`STEP` may take ``layer``: a dense layer whose every projection is a
+    streaming :class:`DecodeLinear`."""
+    if type(layer) is not DecoderLayer or type(layer.ffn) is not SwiGLU:
+        return False
     projections = (layer.attention.qkv_proj, layer.attention.o_proj, layer.ffn.gate_up_proj, layer.ffn.down_proj)
     return all(isinstance(p, DecodeLinear) and p.streaming for p in projections)

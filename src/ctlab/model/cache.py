@@ -193,6 +193,33 @@ class KVCache:
         """(B, length) positions for the next ``length`` tokens of each row at ``layer``."""
         return torch.from_numpy(self.end[layer][:, None] + np.arange(length)).to(self.keys[layer].device)
 
+    def single_slots(self, layers: range) -> list[int] | None:
+        """The slot of the next entry in each of ``layers`` when the cache holds one row whose KV
+        heads hold equally many entries (at least one), and every layer has room: a batch-1 decode
+        step, which may attend to the entries itself, then :meth:`append_single`. None otherwise,
+        and when entries carry marks."""
+        if self.batch != 1 or self.marks is not None:
+            return None
+        counts = self.lengths[layers.start : layers.stop, 0]  # (layers, H_kv)
+        if (counts != counts[:, :1]).any() or not counts.all():
+            return None
+        slots = counts[:, 0].tolist()
+        if any(slot >= self.capacity(layer) for layer, slot in zip(layers, slots, strict=True)):
+            return None
+        return slots
+
+    def append_single(
+        self, layers: range, slots: list[int], keys: list[torch.Tensor], values: list[torch.Tensor], positions
+    ) -> None:
+        """Append one token's key and value (1, H_kv, 1, D) at ``positions`` (1, 1) to each of
+        ``layers``, at its :meth:`single_slots` slot."""
+        for layer, slot, key, value in zip(layers, slots, keys, values, strict=True):
+            self.keys[layer].narrow(2, slot, 1).copy_(key)
+            self.values[layer].narrow(2, slot, 1).copy_(value)
+            self.positions[layer].narrow(2, slot, 1).copy_(positions[:, None])
+        self.lengths[layers.start : layers.stop] += 1
+        self.end[layers.start : layers.stop] += 1
+
     # ------------------------------------------------------------------ eviction
 
     def select(self, layer: int, keep: torch.Tensor) -> None:

@@ -129,18 +129,7 @@ class Decoder(nn.Module):
         stop = len(self.layers) if stop is None else stop
         if skip is not None and cache is not None:
             raise ValueError("layer skipping is for training: it cannot be combined with a KV cache")
-        length = x.shape[1]
-        last = length  # the positions a forward reaches (explicit positions with a cache: the caller's check)
-        if cache is not None and position_ids is None:
-            position_ids = cache.next_positions(length, start)
-            last = int(cache.end[start].max(initial=0)) + length
-        if last > self.config.max_position_embeddings:
-            raise UserError(
-                f"an input of {last:,} positions is longer than the model's context "
-                f"of {self.config.max_position_embeddings:,} (max_position_embeddings)"
-            )
-        if position_ids is None:
-            position_ids = torch.arange(length, device=x.device).expand(x.shape[0], length)
+        position_ids = self.input_positions(x, position_ids, cache, start)
         rotary = self.rotary(position_ids, x.dtype)
         mask = document_mask(position_ids) if cache is None else None
         hidden = [x] if output_hidden_states else None
@@ -162,6 +151,25 @@ class Decoder(nn.Module):
             if hidden is not None:
                 hidden.append(x)
         return LayersOutput(x, hidden, router)
+
+    def input_positions(
+        self, x: torch.Tensor, position_ids: torch.Tensor | None, cache: KVCache | None, start: int
+    ) -> torch.Tensor:
+        """The position ids (B, T) of ``x`` (B, T, d) entering layer ``start``: as given, else each
+        row's next on ``cache``, else 0..T-1; a :class:`UserError` past the model's context."""
+        length = x.shape[1]
+        last = length  # the positions a forward reaches (explicit positions with a cache: the caller's check)
+        if cache is not None and position_ids is None:
+            position_ids = cache.next_positions(length, start)
+            last = int(cache.end[start].max(initial=0)) + length
+        if last > self.config.max_position_embeddings:
+            raise UserError(
+                f"an input of {last:,} positions is longer than the model's context "
+                f"of {self.config.max_position_embeddings:,} (max_position_embeddings)"
+            )
+        if position_ids is None:
+            position_ids = torch.arange(length, device=x.device).expand(x.shape[0], length)
+        return position_ids
 
     def num_parameters(self, active: bool = False) -> int:
         """All parameters (a tied head counted once), or those a token uses (``active``: routed
