@@ -12,7 +12,7 @@ dequantising a matrix for a GEMM costs more than the GEMM (whole-decode figures:
 :data:`STREAM_MAX_ROWS` (a prefill, a batch, a speculative verification) a GEMM on the
 converted matrix is faster, and :class:`DecodeLinear` uses it.
 
-Compiling costs time once per process (5–8 s with the compiler's cache warm, about 30 s on a
+Compiling costs time once per process (about 8 s with the compiler's cache warm, 30–40 s on a
 fresh machine), so the engine compiles only when asked (``compile=True``,
 ``--compile``): chats, lightly loaded servers and long generations at batch 1 gain, a short
 one-off loses.

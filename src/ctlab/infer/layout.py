@@ -11,13 +11,13 @@ each costing microseconds.
   on a 2-core EPYC). Quantised layers multiply by a GEMM on their converted weight.
 - Compiled (``compile=True``, on CPU): every Linear becomes a streaming
   :class:`~ctlab.infer.kernels.DecodeLinear` on the same parameters, and the model a
-  :class:`FusedDecoder`: a batch-1 decode step through a run of dense layers is one compiled
-  region (:func:`decode_step`), every layer's norms, projections (each
-  :func:`~ctlab.infer.kernels.streamed`), rotary turn, cache writes, attention and SwiGLU
-  generated as one program and launched once per step (``benchmarks/bench_decode.py`` has the
-  figures). Prefills, batches, speculative verifications, MoE layers (whose routing picks rows
-  by data) and steps a KV policy watches take the model's own code, with each one-row product
-  still streamed.
+  :class:`FusedDecoder`: a batch-1 decode step through each pair of dense layers is one
+  compiled program (:func:`decode_step`: the norms, projections (each
+  :func:`~ctlab.infer.kernels.streamed`), rotary turn, attention and SwiGLU of both layers),
+  after which the new keys and values are written into the cache; the final norm and the head
+  are another (``benchmarks/bench_decode.py`` has the figures). Prefills, batches,
+  speculative verifications, MoE layers (whose routing picks rows by data) and steps a KV
+  policy watches take the model's own code, with each one-row product still streamed.
 
 Both keep the state dict's names and values. On CUDA only the uncompiled form is used: the
 compiled kernels were written and measured for CPU only.
@@ -43,9 +43,9 @@ def decode_step(x, rotary, slots, layers, caches, eps: float, heads: int, kv_hea
     q, k, v projection's (weight, scale, bias), the output projection's, the FFN norm's weight,
     SwiGLU's gate-and-up and down projections'; ``caches``: per layer the cache's keys and
     values (B, H_kv, C, D), whose row 0 holds the entries the token attends to in slots
-    [0, the layer's slot in ``slots``). The program reads the cache and writes nothing into
-    it: inductor's on-disk cache of torch 2.13 reused a program that wrote into a cache view
-    for another view, which then lost its writes."""
+    [0, the layer's slot in ``slots``). The program only reads the cache: when it wrote into it,
+    torch 2.13's on-disk cache of compiled programs served a program built for one cache view
+    to another, whose writes then landed in slot 0."""
     new_keys, new_values = [], []
     for (norm, qkv, output, ffn_norm, gate_up, down), (keys, values), slot in zip(layers, caches, slots, strict=True):
         q, k, v = split_heads(streamed(rms_norm(x, norm, eps), *qkv), rotary, heads, kv_heads, head_dim)
@@ -80,18 +80,18 @@ def exit_step(hidden, norm, eps: float, head):
 
 
 STEP = Kernel(decode_step)
+EXIT = Kernel(exit_step)
 # layers per compiled step: compiling takes longer the more layers one program holds (on a
 # 2-core EPYC, the compiler's cache cold: 12 layers 125 s, 4 layers 79 s, 2 layers 30-41 s;
 # warm 7 s), and a model of any depth runs the same program over pairs of layers
 STEP_LAYERS = 2
-EXIT = Kernel(exit_step)
 
 
 class FusedDecoder(Decoder):
-    """A :class:`Decoder` whose batch-1 decode steps through dense layers run as one
-    :data:`STEP`, and whose one-row logits as one :data:`EXIT`. :func:`decode_layout` gives a
-    model this class in place (the same modules and parameters); ``fused`` says which of its
-    layers the step may take."""
+    """A :class:`Decoder` whose batch-1 decode steps through dense layers run as :data:`STEP`
+    calls of up to :data:`STEP_LAYERS` layers, and whose one-row logits as one :data:`EXIT`.
+    :func:`decode_layout` gives a model this class in place (the same modules and parameters);
+    ``fused`` says which of its layers the step may take."""
 
     fused: list[bool]
 
