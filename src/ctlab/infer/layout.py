@@ -11,8 +11,8 @@ each costing microseconds.
   on a 2-core EPYC). Quantised layers multiply by a GEMM on their converted weight.
 - Compiled (``compile=True``, on CPU): every Linear becomes a streaming
   :class:`~ctlab.infer.kernels.DecodeLinear` on the same parameters, and the model a
-  :class:`FusedDecoder`: a batch-1 decode step through each pair of dense layers is one
-  compiled program (:func:`decode_step`: the norms, projections (each
+  :class:`FusedDecoder`: a batch-1 decode step through each run of up to two dense layers is
+  one compiled program (:func:`decode_step`: the norms, projections (each
   :func:`~ctlab.infer.kernels.streamed`), rotary turn, attention and SwiGLU of both layers),
   after which the new keys and values are written into the cache; the final norm and the head
   are another (``benchmarks/bench_decode.py`` has the figures). Prefills, batches,
@@ -35,23 +35,24 @@ from ctlab.model.decoder import Decoder, DecoderLayer, LayersOutput
 from ctlab.model.layers import SwiGLU, rms_norm, split_heads
 
 
-def decode_step(x, rotary, slots, layers, caches, eps: float, heads: int, kv_heads: int, head_dim: int):
+def decode_step(x, rotary, slots, layers, caches, heads: int, kv_heads: int, head_dim: int):
     """One token x (1, 1, d) through ``layers`` → its output (1, 1, d) and each layer's new key
     and value (1, H_kv, 1, D), for the caller to write into the cache.
 
-    ``rotary``: its cos, sin (1, 1, D); ``layers``: per layer the input norm's weight, the
-    q, k, v projection's (weight, scale, bias), the output projection's, the FFN norm's weight,
-    SwiGLU's gate-and-up and down projections'; ``caches``: per layer the cache's keys and
+    ``rotary``: its cos, sin (1, 1, D); ``layers``: per layer the input norm's weight and eps,
+    the q, k, v projection's (weight, scale, bias), the output projection's, the FFN norm's
+    weight and eps, SwiGLU's gate-and-up and down projections'; ``caches``: per layer the cache's keys and
     values (B, H_kv, C, D), whose row 0 holds the entries the token attends to in slots
     [0, the layer's slot in ``slots``). The program only reads the cache: when it wrote into it,
     torch 2.13's on-disk cache of compiled programs served a program built for one cache view
     to another, whose writes then landed in slot 0."""
     new_keys, new_values = [], []
-    for (norm, qkv, output, ffn_norm, gate_up, down), (keys, values), slot in zip(layers, caches, slots, strict=True):
+    for layer, (keys, values), slot in zip(layers, caches, slots, strict=True):
+        norm, eps, qkv, output, ffn_norm, ffn_eps, gate_up, down = layer
         q, k, v = split_heads(streamed(rms_norm(x, norm, eps), *qkv), rotary, heads, kv_heads, head_dim)
         heads_out = _attend_with_new(q, keys[:1, :, :slot], values[:1, :, :slot], k, v)
         x = x + streamed(heads_out, *output)
-        gate, up = streamed(rms_norm(x, ffn_norm, eps), *gate_up).chunk(2, dim=-1)  # SwiGLU, on plain tensors
+        gate, up = streamed(rms_norm(x, ffn_norm, ffn_eps), *gate_up).chunk(2, dim=-1)  # SwiGLU, on plain tensors
         x = x + streamed(F.silu(gate) * up, *down)
         new_keys.append(k)
         new_values.append(v)
@@ -61,15 +62,15 @@ def decode_step(x, rotary, slots, layers, caches, eps: float, heads: int, kv_hea
 def _attend_with_new(q, keys, values, key, value):
     """One token's queries q (1, H, 1, D) attending to the cached keys, values (1, H_kv, S, D)
     and to its own key, value (1, H_kv, 1, D) → the heads' outputs (1, 1, H·D): the softmax
-    over S + 1 entries without copying the S into one tensor with the new one."""
+    over S + 1 entries without copying the S into one tensor with the new one, in fp32."""
     batch, heads, _, head_dim = q.shape
     kv_heads = keys.shape[1]
-    q = q.reshape(batch, kv_heads, heads // kv_heads, head_dim) * head_dim**-0.5  # each KV head's query group
-    old = (q @ keys.transpose(-1, -2)).float()  # (1, H_kv, G, S)
-    new = (q * key).sum(-1, keepdim=True).float()  # (1, H_kv, G, 1)
+    grouped = q.float().reshape(batch, kv_heads, heads // kv_heads, head_dim) * head_dim**-0.5  # per KV head
+    old = grouped @ keys.float().transpose(-1, -2)  # (1, H_kv, G, S)
+    new = (grouped * key.float()).sum(-1, keepdim=True)  # (1, H_kv, G, 1)
     top = torch.maximum(old.amax(-1, keepdim=True), new)
     old, new = (old - top).exp(), (new - top).exp()
-    out = ((old.to(values.dtype) @ values).float() + new * value.float()) / (old.sum(-1, keepdim=True) + new)
+    out = (old @ values.float() + new * value.float()) / (old.sum(-1, keepdim=True) + new)
     return out.to(q.dtype).reshape(batch, 1, heads * head_dim)
 
 
@@ -83,7 +84,7 @@ STEP = Kernel(decode_step)
 EXIT = Kernel(exit_step)
 # layers per compiled step: compiling takes longer the more layers one program holds (on a
 # 2-core EPYC, the compiler's cache cold: 12 layers 125 s, 4 layers 79 s, 2 layers 30-41 s;
-# warm 7 s), and a model of any depth runs the same program over pairs of layers
+# warm 7 s); runs of two layers and of one (an odd run's last) are the programs a model needs
 STEP_LAYERS = 2
 
 
@@ -99,13 +100,15 @@ class FusedDecoder(Decoder):
         stop = len(self.layers) if stop is None else stop
         if not self._steps(x, cache) or skip is not None or output_hidden_states or position_ids is not None:
             return super().run_layers(x, position_ids, cache, start, stop, skip, output_hidden_states)
+        position_ids = self.input_positions(x, None, cache, start)  # the context is checked once, here
+        rotary = self.rotary(position_ids, x.dtype)
         router = []
         for begin, end, fused in self._runs(start, stop):  # consecutive layers the step takes, or not
             layers = range(begin, end)
             slots = cache.single_slots(layers) if fused else None
-            out = None if slots is None else self._step(x, cache, layers, slots)
+            out = None if slots is None else self._step(x, rotary, position_ids, cache, layers, slots)
             if out is None:
-                run = super().run_layers(x, None, cache, begin, end)
+                run = super().run_layers(x, position_ids, cache, begin, end)
                 out, router = run.hidden, router + run.router
             x = out
         return LayersOutput(x, None, router)
@@ -127,14 +130,13 @@ class FusedDecoder(Decoder):
                 runs.append((i, i + 1, self.fused[i]))
         return runs
 
-    def _step(self, x: torch.Tensor, cache: KVCache, layers: range, slots: list[int]) -> torch.Tensor | None:
-        """x (1, 1, d) through ``layers`` as one :data:`STEP` (None where it cannot be built)."""
-        position_ids = self.input_positions(x, None, cache, layers.start)
+    def _step(self, x, rotary, position_ids, cache: KVCache, layers: range, slots: list[int]) -> torch.Tensor | None:
+        """x (1, 1, d) at ``position_ids`` (1, 1) (``rotary``: their cos, sin) through ``layers`` as
+        one :data:`STEP` (None where it cannot be built)."""
         caches = [(cache.keys[i], cache.values[i]) for i in layers]
         operands = [self._operands(self.layers[i]) for i in layers]
-        config = self.config
-        shape = config.rms_norm_eps, config.num_heads, config.num_kv_heads, config.head_dim
-        out = STEP(x, self.rotary(position_ids, x.dtype), slots, operands, caches, *shape)
+        shape = self.config.num_heads, self.config.num_kv_heads, self.config.head_dim
+        out = STEP(x, rotary, slots, operands, caches, *shape)
         if out is None:
             return None
         x, keys, values = out
@@ -156,9 +158,11 @@ class FusedDecoder(Decoder):
         attention = layer.attention
         return (
             layer.input_norm.weight.detach(),
+            layer.input_norm.eps,
             attention.qkv_proj.operands(),
             attention.o_proj.operands(),
             layer.ffn_norm.weight.detach(),
+            layer.ffn_norm.eps,
             layer.ffn.gate_up_proj.operands(),
             layer.ffn.down_proj.operands(),
         )

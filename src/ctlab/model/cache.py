@@ -209,10 +209,16 @@ class KVCache:
         return slots
 
     def append_single(
-        self, layers: range, slots: list[int], keys: list[torch.Tensor], values: list[torch.Tensor], positions
+        self,
+        layers: range,
+        slots: list[int],
+        keys: list[torch.Tensor],
+        values: list[torch.Tensor],
+        positions: torch.Tensor,
     ) -> None:
         """Append one token's key and value (1, H_kv, 1, D) at ``positions`` (1, 1) to each of
-        ``layers``, at its :meth:`single_slots` slot."""
+        ``layers``, at the slot :meth:`single_slots` gave (which checked the room and that no
+        marks are kept)."""
         for layer, slot, key, value in zip(layers, slots, keys, values, strict=True):
             self.keys[layer].narrow(2, slot, 1).copy_(key)
             self.values[layer].narrow(2, slot, 1).copy_(value)
