@@ -41,11 +41,11 @@ def decode_step(x, rotary, slots, layers, caches, heads: int, kv_heads: int, hea
 
     ``rotary``: its cos, sin (1, 1, D); ``layers``: per layer the input norm's weight and eps,
     the q, k, v projection's (weight, scale, bias), the output projection's, the FFN norm's
-    weight and eps, SwiGLU's gate-and-up and down projections'; ``caches``: per layer the cache's keys and
-    values (B, H_kv, C, D), whose row 0 holds the entries the token attends to in slots
-    [0, the layer's slot in ``slots``). The program only reads the cache: when it wrote into it,
-    torch 2.13's on-disk cache of compiled programs served a program built for one cache view
-    to another, whose writes then landed in slot 0."""
+    weight and eps, SwiGLU's gate-and-up and down projections'; ``caches``: per layer the
+    cache's keys and values (B, H_kv, C, D), whose row 0 holds the entries the token attends to
+    in slots [0, the layer's slot in ``slots``). The program only reads the cache: when it
+    wrote into it, torch 2.13's on-disk cache of compiled programs served a program built for
+    one cache view to another, whose writes then landed in slot 0."""
     new_keys, new_values = [], []
     for layer, (keys, values), slot in zip(layers, caches, slots, strict=True):
         norm, eps, qkv, output, ffn_norm, ffn_eps, gate_up, down = layer
