@@ -1,9 +1,9 @@
 """The decode layout, uncompiled (transposed weights) and compiled (streamed Linear layers, a
 decode step through dense layers as one compiled program): each computes the model's own
 function and keeps its state dict, the compiled one at decode widths through the compiled
-step (on a cache) and at prefill widths through the model's code; the streaming kernel equals a matrix
-product of the stored weight for every storage dtype; a compiled engine decodes what an
-uncompiled one does."""
+step (on a cache) and at prefill widths through the model's code; the streaming kernel equals
+a matrix product of the stored weight for every storage dtype; a compiled engine decodes what
+an uncompiled one does."""
 
 import copy
 
@@ -106,7 +106,7 @@ def test_compiled_steps_on_a_row_of_the_engines_cache_equal_the_models_own(capac
     steps = [1, 1, 1]
     where = capacity, batch, row
     compiled, own = cached_logits(laid, steps, *where), cached_logits(model, steps, *where)
-    for ours, theirs in zip(compiled, own, strict=True):  # bf16: a few of its 8 bits of mantissa
+    for ours, theirs in zip(compiled, own, strict=True):  # bf16 keeps 8 significant bits
         torch.testing.assert_close(ours, theirs, atol=1e-5 if dtype == "fp32" else 0.05, rtol=0)
     assert sum(fused_steps) == 3 * 4 and max(fused_steps) <= layout.STEP_LAYERS
 
