@@ -127,7 +127,7 @@ class FusedDecoder(Decoder):
             if runs and runs[-1][2] == fused and not (fused and runs[-1][1] - runs[-1][0] == STEP_LAYERS):
                 runs[-1] = (runs[-1][0], i + 1, fused)
             else:
-                runs.append((i, i + 1, self.fused[i]))
+                runs.append((i, i + 1, fused))
         return runs
 
     def _step(self, x, rotary, position_ids, cache: KVCache, layers: range, slots: list[int]) -> torch.Tensor | None:
@@ -154,7 +154,7 @@ class FusedDecoder(Decoder):
     @staticmethod
     def _operands(layer: DecoderLayer) -> tuple:
         """``layer``'s weights as :func:`decode_step` takes them (plain tensors: one compiled
-        program then serves every model of the same depth)."""
+        program then serves every matrix shape)."""
         attention = layer.attention
         return (
             layer.input_norm.weight.detach(),

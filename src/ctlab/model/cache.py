@@ -152,11 +152,7 @@ class KVCache:
         uniform = bool((start == start.flat[0]).all()) if start.size else True
         if uniform:
             first = int(start.flat[0]) if start.size else 0
-            self.keys[layer].narrow(2, first, length).copy_(keys)
-            self.values[layer].narrow(2, first, length).copy_(values)
-            self.positions[layer].narrow(2, first, length).copy_(positions[:, None, :])
-            if self.marks is not None:
-                self.marks[layer].narrow(2, first, length).fill_(-1)
+            self._write(layer, first, keys, values, positions)
         else:
             slots = torch.from_numpy(start).to(keys.device)[..., None] + torch.arange(length, device=keys.device)
             wide = slots[..., None].expand_as(keys)
@@ -193,12 +189,21 @@ class KVCache:
         """(B, length) positions for the next ``length`` tokens of each row at ``layer``."""
         return torch.from_numpy(self.end[layer][:, None] + np.arange(length)).to(self.keys[layer].device)
 
+    def _write(self, layer: int, first: int, keys: torch.Tensor, values: torch.Tensor, positions: torch.Tensor) -> None:
+        """Write T entries, keys and values (B, H_kv, T, D) at ``positions`` (B, T), into slots
+        [first, first + T) of every row and head of ``layer`` (counting them is the caller's)."""
+        length = keys.shape[2]
+        self.keys[layer].narrow(2, first, length).copy_(keys)
+        self.values[layer].narrow(2, first, length).copy_(values)
+        self.positions[layer].narrow(2, first, length).copy_(positions[:, None, :])
+        if self.marks is not None:
+            self.marks[layer].narrow(2, first, length).fill_(-1)
+
     def single_slots(self, layers: range) -> list[int] | None:
         """The slot of the next entry in each of ``layers`` when the cache holds one row whose KV
         heads hold equally many entries (at least one), and every layer has room: a batch-1 decode
-        step, which may attend to the entries itself, then :meth:`append_single`. None otherwise,
-        and when entries carry marks."""
-        if self.batch != 1 or self.marks is not None:
+        step, which may attend to the entries itself, then :meth:`append_single`. None otherwise."""
+        if self.batch != 1:
             return None
         counts = self.lengths[layers.start : layers.stop, 0]  # (layers, H_kv)
         if (counts != counts[:, :1]).any() or not counts.all():
@@ -217,12 +222,9 @@ class KVCache:
         positions: torch.Tensor,
     ) -> None:
         """Append one token's key and value (1, H_kv, 1, D) at ``positions`` (1, 1) to each of
-        ``layers``, at the slot :meth:`single_slots` gave (which checked the room and that no
-        marks are kept)."""
+        ``layers``, at the slot :meth:`single_slots` gave (which checked the room)."""
         for layer, slot, key, value in zip(layers, slots, keys, values, strict=True):
-            self.keys[layer].narrow(2, slot, 1).copy_(key)
-            self.values[layer].narrow(2, slot, 1).copy_(value)
-            self.positions[layer].narrow(2, slot, 1).copy_(positions[:, None])
+            self._write(layer, slot, key, value, positions)
         self.lengths[layers.start : layers.stop] += 1
         self.end[layers.start : layers.stop] += 1
 

@@ -105,31 +105,18 @@ class Attention(nn.Module):
         """x (B, T, d) → (B, T, d). Without a cache, ``mask``: see :func:`document_mask` (None:
         causal). With one, the new keys/values join it at ``positions`` (B, T) and each query
         sees the cached entries at positions up to its own."""
+        batch, length, _ = x.shape
         q, k, v = split_heads(self.qkv_proj(x), rotary, self.num_heads, self.num_kv_heads, self.head_dim)
-        return self.o_proj(self.attend(q, k, v, mask, cache, positions))
-
-    def attend(
-        self,
-        q: torch.Tensor,
-        k: torch.Tensor,
-        v: torch.Tensor,
-        mask: torch.Tensor | None,
-        cache: KVCache | None = None,
-        positions: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        """Rotated queries (B, H, T, D), keys and values (B, H_kv, T, D) → the heads' outputs
-        (B, T, H·D), before the output projection (masks and cache as in :meth:`forward`)."""
-        batch, _, length, _ = q.shape
         if cache is None:
             causal = mask is None and length > 1
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal, enable_gqa=True)
-            return out.transpose(1, 2).reshape(batch, length, -1)
+            return self.o_proj(out.transpose(1, 2).reshape(batch, length, -1))
         k, v, mask, causal = cache.update(self.layer, k, v, positions)
         if cache.observer is not None:
             cache.observer(self.layer, q, cache)
         if causal:
             out = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
-            return out.transpose(1, 2).reshape(batch, length, -1)
+            return self.o_proj(out.transpose(1, 2).reshape(batch, length, -1))
         # each KV head's query group as one block of G·T queries: no KV head is repeated
         group = self.num_heads // self.num_kv_heads
         q = q.reshape(batch, self.num_kv_heads, group * length, self.head_dim)
@@ -137,7 +124,7 @@ class Attention(nn.Module):
             mask = mask[:, :, None].expand(-1, -1, group, -1, -1).reshape(batch, self.num_kv_heads, group * length, -1)
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
         out = out.reshape(batch, self.num_heads, length, self.head_dim)  # CUDA kernels may return another layout
-        return out.transpose(1, 2).reshape(batch, length, -1)
+        return self.o_proj(out.transpose(1, 2).reshape(batch, length, -1))
 
 
 def split_heads(
