@@ -87,7 +87,12 @@ def assert_steps_close(a: dict[int, dict], b: dict[int, dict], tolerance: float 
             assert a[step][key] == pytest.approx(b[step][key], rel=tolerance, abs=tolerance), (step, key)
 
 
-def assert_weights_close(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], tolerance: float = 1e-5) -> None:
+def assert_weights_close(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], tolerance: float = 5e-5) -> None:
+    """Equal weights after runs that sum the same gradients in another order. AdamW divides each
+    moment by its root mean square, so an element whose gradients are near zero takes the
+    rounding of the summation order into its step: on an AVX-512 Xeon one element in 8,192
+    moved 1.04e-5 after 5 steps at lr 3e-3. The default bound is 1.7% of one step at that
+    rate; a lost or doubled micro-batch moves weights by a good part of a step."""
     assert a.keys() == b.keys()
     for name in a:
         torch.testing.assert_close(a[name], b[name], rtol=tolerance, atol=tolerance, msg=name)
