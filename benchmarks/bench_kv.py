@@ -11,11 +11,15 @@ prefill. kvpress runs transformers' ``generate`` inside ``SnapKVPress(compressio
 with the ratio that keeps the same ``--capacity`` entries, its window 32 and kernel 5 like
 ctlab's; the peer's full-cache row is transformers' ``generate`` without a press.
 
-With ``--trained``, the same policies run instead on the trained ``tiny`` of
-``trained_model.py`` (context 2048) after a 1,800-token held-out news prompt, where what CORM
-keeps reflects real attention.
+With ``--trained``, the same policies run instead on the long-context trained ``tiny`` of
+``trained_model.py`` (context 4096) after a ``--prompt``-token held-out news prompt, where what
+CORM keeps reflects real attention.
 
-    python benchmarks/bench_kv.py [--prompt 4000] [--new 64] [--capacity 1024] [--rounds 3] [--trained]
+ctlab decodes with its compiled programs (``--no-compile``: the uncompiled engine), built in a
+warm-up before the rounds; CORM watches every step's attention, so its steps take the model's
+own code either way.
+
+    python benchmarks/bench_kv.py [--prompt 4000] [--new 64] [--capacity 896] [--rounds 3] [--trained] [--no-compile]
 """
 
 from __future__ import annotations
@@ -40,8 +44,8 @@ from ctlab.model.hf import save_pretrained
 from ctlab.report.tables import text_table
 
 
-def ctlab_run(model: Decoder, prompt: list[int], new: int, policy) -> dict:
-    engine = Engine(model, context=len(prompt) + new + 1, kv_policy=policy)
+def ctlab_run(model: Decoder, prompt: list[int], new: int, policy, compile: bool) -> dict:
+    engine = Engine(model, context=len(prompt) + new + 1, kv_policy=policy, compile=compile)
     request = engine.generate([prompt], SamplingParams(max_new_tokens=new, ignore_eos=True))[0]
     summary = request.summary()
     return {"tokens_per_s": summary["tokens_per_second"], "kv_bytes": request.kv_bytes, "full": request.full_kv_bytes}
@@ -89,10 +93,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--prompt", type=int, default=4000)
     parser.add_argument("--new", type=int, default=64)
-    parser.add_argument("--capacity", type=int, default=1024)
+    parser.add_argument("--capacity", type=int, default=896)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--out", default="runs/bench_kv")
-    parser.add_argument("--trained", action="store_true", help="the trained tiny model at 1,800 tokens instead")
+    parser.add_argument("--trained", action="store_true", help="the long-context trained tiny model instead")
+    parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=True, help="compiled decoding")
     args = parser.parse_args()
     if args.trained:
         return trained(args)
@@ -109,10 +114,11 @@ def main() -> None:
     prompt = torch.randint(3, model.config.vocab_size, (args.prompt,), generator=torch.Generator().manual_seed(1))
     prompt = prompt.tolist()
     ratio = 1 - args.capacity / args.prompt
+    ctlab_run(model, prompt[:64], 4, FullCache(), args.compile)  # warm up: the programs are built here
     runs = {
-        "ctlab full": lambda: ctlab_run(model, prompt, args.new, FullCache()),
-        "ctlab snapkv": lambda: ctlab_run(model, prompt, args.new, SnapKV(args.capacity, 32, 5)),
-        "ctlab corm": lambda: ctlab_run(model, prompt, args.new, CORM(window=32, recent=32)),
+        "ctlab full": lambda: ctlab_run(model, prompt, args.new, FullCache(), args.compile),
+        "ctlab snapkv": lambda: ctlab_run(model, prompt, args.new, SnapKV(args.capacity, 32, 5), args.compile),
+        "ctlab corm": lambda: ctlab_run(model, prompt, args.new, CORM(window=32, recent=32), args.compile),
         "transformers full": lambda: transformers_run(peer, prompt, args.new),
         "kvpress snapkv": lambda: transformers_run(
             peer, prompt, args.new, SnapKVPress(compression_ratio=ratio, window_size=32, kernel_size=5)
@@ -158,23 +164,23 @@ def main() -> None:
 
 
 def trained(args: argparse.Namespace) -> None:
-    from trained_model import trained_layerskip_model
+    from trained_model import long_context_model
 
     from ctlab.data.demo import heldout_chinese
     from ctlab.infer.text import TextModel
     from ctlab.model.hf import load_model
 
-    run, _ = trained_layerskip_model()
+    run = long_context_model()
     model = load_model(run)
-    prompt = TextModel(run).encode("\n".join(heldout_chinese()[:60]))[:1800]
-    capacity = min(args.capacity, 450)
+    prompt = TextModel(run).encode("\n".join(heldout_chinese()[:120]))[: args.prompt]
     policies = {
         "full": FullCache,
-        f"snapkv capacity {capacity}": lambda: SnapKV(capacity, 32, 5),
+        f"snapkv capacity {args.capacity}": lambda: SnapKV(args.capacity, 32, 5),
         "corm w=32 r=32": lambda: CORM(window=32, recent=32),
     }
+    ctlab_run(model, prompt[:64], 4, FullCache(), args.compile)  # warm up: the programs are built here
     results = {
-        name: [ctlab_run(model, prompt, args.new, make()) for _ in range(args.rounds)]
+        name: [ctlab_run(model, prompt, args.new, make(), args.compile) for _ in range(args.rounds)]
         for name, make in policies.items()
     }
     full = results["full"][0]["kv_bytes"]

@@ -1,9 +1,9 @@
-"""The decode layout, uncompiled (transposed weights) and compiled (streamed Linear layers, a
-decode step through dense layers as one compiled program): each computes the model's own
-function and keeps its state dict, the compiled one at decode widths through the compiled
-step (on a cache) and at prefill widths through the model's code; the streaming kernel equals
-a matrix product of the stored weight for every storage dtype; a compiled engine decodes what
-an uncompiled one does."""
+"""The decode layout, uncompiled (transposed weights) and compiled (a step of a few tokens of one
+row through the dense layers as one compiled program, its float products through the BLAS on
+transposed weights or streamed): each computes the model's own function and keeps its state
+dict, the compiled one through the program on a cache (one token, a verification's few) and
+through the model's code otherwise; the streaming kernel equals a matrix product of the stored
+weight for every storage dtype; a compiled engine decodes what an uncompiled one does."""
 
 import copy
 
@@ -21,31 +21,34 @@ from ctlab.infer.speculative import LayerSkip
 from ctlab.model.cache import KVCache
 from ctlab.model.decoder import Decoder
 
+FORMS = {"uncompiled": (False, None), "compiled-blas": (True, "transposed"), "compiled-streamed": (True, "streamed")}
 
-@pytest.mark.parametrize("compiled", [False, True], ids=["transposed", "compiled"])
-def test_same_function_same_state_dict(compiled):
+
+@pytest.mark.parametrize("form", FORMS)
+def test_same_function_same_state_dict(form):
+    compiled, products = FORMS[form]
     model = tiny_model(num_kv_heads=2, qkv_bias=True)
-    laid = decode_layout(copy.deepcopy(model), compiled)
-    linear = DecodeLinear if compiled else TransposedLinear
+    laid = decode_layout(copy.deepcopy(model), compiled, products)
+    linear = DecodeLinear if products == "streamed" else TransposedLinear
     assert isinstance(laid.layers[0].attention.qkv_proj, linear) and isinstance(laid.lm_head, linear)
     assert type(laid) is (FusedDecoder if compiled else Decoder)
     with torch.no_grad():
-        for length in (1, 3, 12):  # one row, a few (the kernel), a prefill (a GEMM)
+        for length in (1, 3, 12):  # one row, a few, a prefill
             x = torch.randint(0, VOCAB, (1, length))
             torch.testing.assert_close(laid(x).logits, model(x).logits, atol=1e-5, rtol=0)
     ours, theirs = laid.state_dict(), model.state_dict()
     assert ours.keys() == theirs.keys()
     assert all(torch.equal(ours[k], theirs[k]) for k in ours)
-    other = decode_layout(tiny_model(num_kv_heads=2, qkv_bias=True), compiled)
+    other = decode_layout(tiny_model(num_kv_heads=2, qkv_bias=True), compiled, products)
     other.load_state_dict(theirs)
     x = torch.randint(0, VOCAB, (2, 9))
     with torch.no_grad():
         torch.testing.assert_close(other(x).logits, model(x).logits, atol=1e-5, rtol=0)
 
 
-@pytest.mark.parametrize("compiled", [False, True], ids=["transposed", "compiled"])
-def test_a_tied_head_stays_tied(compiled):
-    model = decode_layout(tiny_model(tie_embeddings=True), compiled)
+@pytest.mark.parametrize("form", FORMS)
+def test_a_tied_head_stays_tied(form):
+    model = decode_layout(tiny_model(tie_embeddings=True), *FORMS[form])
     assert model.lm_head.weight is model.embed_tokens.weight
 
 
@@ -64,51 +67,85 @@ def cached_logits(model, steps: list[int], capacity: int = 64, batch: int = 1, r
 
 @pytest.fixture
 def fused_steps(monkeypatch) -> list[int]:
-    """The number of layers of each decode step that ran as one compiled step."""
+    """The number of layers of each step that ran as one compiled program."""
     calls = []
-    append = KVCache.append_single  # called after each compiled step with its layers
+    append = KVCache.append_rows  # called after each compiled program with its layers
 
     def counted(cache, layers, *args):
         calls.append(len(layers))
         return append(cache, layers, *args)
 
-    monkeypatch.setattr(KVCache, "append_single", counted)
+    monkeypatch.setattr(KVCache, "append_rows", counted)
     return calls
 
 
+@pytest.mark.parametrize("products", ["transposed", "streamed"])
 @pytest.mark.parametrize(
     "shape",
     [dict(num_kv_heads=2, qkv_bias=True), dict(ffn="moe", decoder_sparse_step=2, num_kv_heads=2), dict(quantized=True)],
     ids=["dense", "dense-and-moe", "int8"],
 )
-def test_fused_decode_steps_equal_the_models_own(shape, fused_steps):
+def test_programs_equal_the_models_own_steps(shape, products, fused_steps):
     quantized = shape.pop("quantized", False)
     model = tiny_model(**shape)
     if quantized:
-        model = quantize(model, "int8")  # its Linear layers already stream; its layers are plain
-    laid = decode_layout(copy.deepcopy(model), compiled=True)
+        model = quantize(model, "int8")  # its Linear layers stream at one row whatever the float form
+    laid = decode_layout(copy.deepcopy(model), compiled=True, products=products)
     assert laid.fused == ([True, False] if shape.get("ffn") else [True, True])  # the MoE layer takes its own code
-    steps = [1, 1, 3, 1]  # one token at a time (the compiled step), and a speculation's few (not)
+    # one token at a time, and a verification's few (attending causally to each other); the
+    # 10-token prefill into the empty cache takes the model's code
+    steps = [1, 1, 3, 1, 5]
     for ours, theirs in zip(cached_logits(laid, steps), cached_logits(model, steps), strict=True):
         torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=0)
-    assert fused_steps == [laid.fused.count(True)] * 3
+    assert fused_steps == [laid.fused.count(True)] * len(steps)
 
 
+@pytest.mark.parametrize("products", ["transposed", "streamed"])
 @pytest.mark.parametrize(
     ("capacity", "batch", "row", "dtype"),
     [(64, 1, 0, "fp32"), (768, 1, 0, "fp32"), (768, 4, 0, "fp32"), (64, 4, 2, "fp32"), (64, 1, 0, "bf16")],
 )
-def test_compiled_steps_on_a_row_of_the_engines_cache_equal_the_models_own(capacity, batch, row, dtype, fused_steps):
+def test_programs_on_a_row_of_the_engines_cache_equal_the_models_own_steps(
+    capacity, batch, row, dtype, products, fused_steps
+):
     model = tiny_model(num_kv_heads=2, num_layers=4)
     if dtype == "bf16":
         model = model.to(torch.bfloat16)
-    laid = decode_layout(copy.deepcopy(model), compiled=True)
+    laid = decode_layout(copy.deepcopy(model), compiled=True, products=products)
     steps = [1, 1, 1]
     where = capacity, batch, row
     compiled, own = cached_logits(laid, steps, *where), cached_logits(model, steps, *where)
     for ours, theirs in zip(compiled, own, strict=True):  # bf16 keeps 8 significant bits
         torch.testing.assert_close(ours, theirs, atol=1e-5 if dtype == "fp32" else 0.05, rtol=0)
-    assert sum(fused_steps) == 3 * 4 and max(fused_steps) <= layout.STEP_LAYERS
+    assert fused_steps == [4, 4, 4]  # every layer and the head in one program a step
+
+
+def test_layer_ranges_and_exits_as_programs_equal_the_models_own(fused_steps):
+    """LayerSkip's calls: drafts through layers [0, E) and the shared exit, the last draft's
+    entries below E, a verification of several tokens through [E, L) and the exit on the same
+    cache; and an exit on its own."""
+    model = tiny_model(num_kv_heads=2, num_layers=3)
+    laid = decode_layout(copy.deepcopy(model), compiled=True, products="transposed")
+    outputs = []
+    for decoder in (laid, model):
+        torch.manual_seed(2)
+        cache = KVCache.for_model(decoder, 1, 64)
+        found = []
+        with torch.inference_mode():
+            decoder(torch.randint(0, VOCAB, (1, 8)), cache=cache)
+            tokens = decoder.embed_tokens(torch.randint(0, VOCAB, (1, 3)))
+            exits = []
+            for i in range(2):
+                hidden, logits = decoder.exit_after(tokens[:, i : i + 1], cache, stop=1)
+                exits.append(hidden)
+                found += [hidden, logits]
+            exits.append(decoder.run_layers(tokens[:, 2:], cache=cache, stop=1).hidden)
+            found += decoder.exit_after(torch.cat(exits, dim=1), cache, start=1)
+            found.append(decoder.exit_logits(exits[0]))
+        outputs.append(found)
+    for ours, theirs in zip(*outputs, strict=True):
+        torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=0)
+    assert fused_steps == [1, 1, 1, 2]
 
 
 @pytest.mark.parametrize("storage", ["bf16", "int8", "fp8"])
@@ -148,23 +185,35 @@ def test_a_compiled_engine_decodes_what_an_uncompiled_one_does(speculator, fused
 def test_a_model_laid_out_again_takes_the_form_asked_for():
     model = decode_layout(tiny_model(), compiled=False)
     assert isinstance(model.lm_head, TransposedLinear)
-    decode_layout(model, compiled=True)
+    decode_layout(model, compiled=True, products="streamed")
     assert isinstance(model.lm_head, DecodeLinear) and type(model) is FusedDecoder
     x = torch.randint(0, VOCAB, (1, 6))
     with torch.no_grad():
         compiled = model(x).logits
+        decode_layout(model, compiled=True, products="transposed")
+        assert isinstance(model.lm_head, TransposedLinear) and type(model) is FusedDecoder
         decode_layout(model, compiled=False)
         assert type(model) is Decoder and isinstance(model.lm_head, TransposedLinear)
+        assert not hasattr(model, "operands")
         torch.testing.assert_close(model(x).logits, compiled, atol=1e-5, rtol=0)
 
 
-def test_where_the_compiler_cannot_build_a_kernel_the_layer_takes_its_own_code(monkeypatch):
+def failing(monkeypatch, module, name: str) -> kernels.Kernel:
+    """``module.name``, a :class:`~ctlab.infer.kernels.Kernel`, replaced by one whose compiler
+    fails as on a machine without a C++ compiler."""
+
     def fails(*args):
         raise torch._dynamo.exc.BackendCompilerFailed(fails, RuntimeError("no C++ compiler"), None)
 
-    kernel = kernels.Kernel(kernels.streamed)
+    original = getattr(module, name)
+    kernel = kernels.Kernel(original.function, original.dynamic)
     kernel.compiled = fails
-    monkeypatch.setattr(kernels, "STREAMED", kernel)
+    monkeypatch.setattr(module, name, kernel)
+    return kernel
+
+
+def test_where_the_compiler_cannot_build_a_kernel_the_layer_takes_its_own_code(monkeypatch):
+    kernel = failing(monkeypatch, kernels, "STREAMED")
     linear = DecodeLinear(torch.randn(3, 8))
     linear.streaming = True
     x = torch.randn(1, 8)  # one row: the kernel's case
@@ -174,20 +223,15 @@ def test_where_the_compiler_cannot_build_a_kernel_the_layer_takes_its_own_code(m
     torch.testing.assert_close(linear(x), x @ linear.weight.T)  # the GEMM from then on, no second warning
 
 
-def test_where_the_compiler_cannot_build_the_step_the_model_takes_its_own_code(monkeypatch, fused_steps):
-    def fails(*args):
-        raise torch._dynamo.exc.BackendCompilerFailed(fails, RuntimeError("no C++ compiler"), None)
-
-    step = kernels.Kernel(layout.decode_step)
-    step.compiled = fails
-    monkeypatch.setattr(layout, "STEP", step)
+def test_where_the_compiler_cannot_build_the_program_the_model_takes_its_own_code(monkeypatch, fused_steps):
+    program = failing(monkeypatch, layout, "PROGRAM")
     model = tiny_model()
-    laid = decode_layout(copy.deepcopy(model), compiled=True)
+    laid = decode_layout(copy.deepcopy(model), compiled=True, products="transposed")
     with pytest.warns(UserWarning, match="without compiled kernels"):
         compiled = cached_logits(laid, [1, 1])
     for ours, theirs in zip(compiled, cached_logits(model, [1, 1]), strict=True):
         torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=0)
-    assert not step.available and not fused_steps
+    assert not program.available and not fused_steps
 
 
 @pytest.mark.parametrize("kind", ["int8", "fp8"])
@@ -200,3 +244,10 @@ def test_quantised_products_in_fp16_do_not_overflow(kind):
     assert torch.isfinite(out).all()
     expected = x.double() @ (values.double() * scales.double()).T
     torch.testing.assert_close(out.double(), expected, rtol=1e-2, atol=0.5)
+
+
+def test_where_the_compiler_cannot_build_a_kernel_the_products_take_the_blas(monkeypatch):
+    failing(monkeypatch, kernels, "STREAMED")
+    monkeypatch.setattr(kernels, "_FASTER", {})
+    with pytest.warns(UserWarning, match="without compiled kernels"):
+        assert kernels.faster_product(24, 16) == "transposed"

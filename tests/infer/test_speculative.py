@@ -2,6 +2,8 @@
 MoE, rows of different lengths), the acceptance rule leaves the target's distribution
 unchanged (statistically, on a small vocabulary), and the strategies' counters add up."""
 
+from types import SimpleNamespace
+
 import pytest
 import torch
 from infer_models import VOCAB, tiny_model
@@ -10,7 +12,7 @@ from ctlab.errors import UserError
 from ctlab.infer.engine import Engine
 from ctlab.infer.policies import SnapKV, StreamingCache
 from ctlab.infer.sampling import SamplingParams
-from ctlab.infer.speculative import DraftModel, LayerSkip, PromptLookup, verify
+from ctlab.infer.speculative import DraftModel, LayerSkip, PromptLookup, accept, verify
 from ctlab.infer.triforce import TriForce
 from ctlab.model.decoder import Decoder
 
@@ -128,6 +130,21 @@ def test_greedy_verification_needs_no_randomness():
     p = one_hot[[2, 1, 3]]
     assert verify(p, one_hot[[2, 0]], [2, 0], None) == (1, 1)
     assert verify(p, one_hot[[2, 1]], [2, 1], None) == (2, 3)
+
+
+def test_plain_greedy_acceptance_is_verify_on_one_hot_distributions():
+    """The argmax comparison a plain greedy request takes keeps and adds what the rule does with
+    one-hot target and draft distributions, ties included (the first maximum is the argmax)."""
+    generator = torch.Generator().manual_seed(3)
+    request = SimpleNamespace(params=SamplingParams(), generator=generator)
+    for trial in range(200):
+        logits = torch.randint(0, 4, (5, 6), generator=generator).float()  # small integers: many ties
+        best = logits.argmax(-1)
+        tokens = [int(best[i]) if torch.rand((), generator=generator) < 0.7 else trial % 6 for i in range(4)]
+        one_hot = torch.nn.functional.one_hot(best, 6).float()
+        drafts = torch.nn.functional.one_hot(torch.tensor(tokens), 6).float()
+        kept, token, distributions = accept(logits, None, request, [], tokens)
+        assert (kept, token) == verify(one_hot, drafts, tokens, None) and distributions is None
 
 
 @pytest.mark.parametrize("strategy", ["draft", "triforce"])

@@ -31,7 +31,7 @@ from ctlab.infer.layout import decode_layout
 from ctlab.infer.policies import FullCache, KVPolicy
 from ctlab.infer.request import Request, Stats
 from ctlab.infer.sampling import SamplingParams, choose
-from ctlab.infer.speculative import Speculator, target_distributions, verify
+from ctlab.infer.speculative import Speculator, accept
 from ctlab.model.cache import KVCache, Observer
 from ctlab.model.decoder import Decoder
 
@@ -281,7 +281,7 @@ class Engine:
 
     def _speculate(self, running: list[Request]) -> None:
         """One round of speculation for every running row: the speculator drafts up to k tokens
-        per row and gives the target's logits at the last token and each draft; :func:`verify`
+        per row and gives the target's logits at the last token and each draft; :func:`accept`
         keeps a prefix of each row's drafts and adds one token of the target's; the caches are
         cropped to what was kept."""
         room = min(self.room(r) for r in running)
@@ -290,8 +290,7 @@ class Engine:
         drafts, draft_probs, logits = self.speculator.round(self, running, k)
         outcomes = []
         for request, tokens, q, row_logits in zip(running, drafts, draft_probs, logits, strict=True):
-            p = target_distributions(row_logits, request, request.prompt + request.output, tokens)
-            accepted, token = verify(p, q, tokens, request.generator)
+            accepted, token, _ = accept(row_logits, q, request, request.prompt + request.output, tokens)
             request.steps += 1
             request.drafted += len(tokens)
             request.accepted += accepted

@@ -21,7 +21,7 @@ DTYPES = {"float32": "float32", "bfloat16": "bfloat16", "float16": "float16"}
 
 
 def add_engine_arguments(parser: argparse.ArgumentParser, compile: bool = False) -> None:
-    """The engine's options; ``compile``: this command's default for compiled decode kernels (on
+    """The engine's options; ``compile``: this command's default for compiled decoding (on
     for long-lived or long work, where a compilation at the start pays)."""
     parser.add_argument("model", metavar="MODEL", help="a run folder, a checkpoint folder or an HF checkpoint")
     engine = parser.add_argument_group("engine")
@@ -29,8 +29,8 @@ def add_engine_arguments(parser: argparse.ArgumentParser, compile: bool = False)
         "--compile",
         action=argparse.BooleanOptionalAction,
         default=compile,
-        help=f"compiled decode kernels on CPU: faster batch-1 steps after a compilation at the start "
-        f"(about 8 s; 30-40 s the first time on a machine) (default: {'on' if compile else 'off'})",
+        help=f"compiled decoding on CPU: faster batch-1 steps after a compilation at the start "
+        f"(about 5-8 s; 20-30 s the first time on a machine) (default: {'on' if compile else 'off'})",
     )
     engine.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default: cuda when present)")
     engine.add_argument("--dtype", choices=DTYPES, help="weights and cache (default: float32 on CPU, bfloat16 on GPU)")
@@ -117,7 +117,7 @@ def build_engine(args: argparse.Namespace, max_batch: int = 1, max_waiting: int 
     context = args.context or model.config.max_position_embeddings
     if args.compile and device.type == "cpu":
         print(
-            "ctlab: the decode kernels compile at the first step (about 8 s; 30-40 s the first time on a machine; "
+            "ctlab: decoding compiles at the start (about 5-8 s; 20-30 s the first time on a machine; "
             "--no-compile skips it)",
             file=sys.stderr,
         )

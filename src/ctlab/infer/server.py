@@ -395,8 +395,8 @@ def serve(args: argparse.Namespace) -> int:
     from ctlab.infer.options import build_engine
 
     engine, text = build_engine(args, max_batch=args.max_batch, max_waiting=args.max_waiting)
-    if engine.compile:  # the kernels compile here, before the first client waits on them
-        engine.generate([[0]], SamplingParams(max_new_tokens=2, ignore_eos=True))
+    if engine.compile:  # the programs compile here, before the first client waits on them
+        engine.generate([[0, 0, 0]], SamplingParams(max_new_tokens=2, ignore_eos=True))
     name = args.model_name or Path(args.model).resolve().name
     app = make_app(engine, text, name, args.api_key)
     sock = socket.socket(socket.AF_INET6 if ":" in args.host else socket.AF_INET)

@@ -1,12 +1,13 @@
 """Speculative decoding: a cheap guess of the next tokens, checked by the model in one forward.
 
 Every strategy drafts up to k tokens per running row and returns the target's logits at the
-row's last token and at each draft; :func:`verify`, the one acceptance routine, keeps a prefix
-of the drafts and adds one token of the target's. With the standard rule (accept a draft d
-with probability min(1, p(d)/q(d)); on rejection draw from max(0, p − q), normalised; after
-k acceptances draw a bonus token from p) the output follows the target's distribution
-exactly, and with greedy parameters (one-hot p and q) it is token for token the plain greedy
-output.
+row's last token and at each draft; :func:`accept`, the one acceptance routine, keeps a prefix
+of the drafts and adds one token of the target's. With the standard rule (:func:`verify`:
+accept a draft d with probability min(1, p(d)/q(d)); on rejection draw from max(0, p − q),
+normalised; after k acceptances draw a bonus token from p) the output follows the target's
+distribution exactly. With plain greedy parameters p and q are one-hot at the argmaxes, so the
+rule keeps the drafts that equal the target's argmax and adds the argmax after them: token for
+token the plain greedy output, found from the argmaxes alone (no distribution is built).
 
 Strategies:
 
@@ -59,6 +60,28 @@ def verify(target: torch.Tensor, draft: torch.Tensor, tokens: list[int], generat
     return len(tokens), draw(target[len(tokens)], generator)
 
 
+def plain_greedy(params) -> bool:
+    """Whether ``params`` choose the argmax of the logits themselves (greedy, no penalty)."""
+    return params.greedy and params.repetition_penalty == 1
+
+
+def accept(
+    logits: torch.Tensor, draft: torch.Tensor | None, request, context: list[int], tokens: list[int]
+) -> tuple[int, int, torch.Tensor | None]:
+    """How many of the n drafted ``tokens`` after ``context`` to keep, the token that follows
+    them, and the target's distributions (n + 1, V) they were judged by, from the target's
+    logits (≥ n + 1, V) at the last token and each draft and the draft's distributions (n, V)
+    (:func:`verify`). A :func:`plain_greedy` request (its ``draft`` None) compares the drafts
+    with the logits' argmaxes, which is what :func:`verify` does with one-hot distributions;
+    its distributions are then None."""
+    if plain_greedy(request.params):
+        best = logits[: len(tokens) + 1].argmax(-1).tolist()
+        kept = next((i for i, token in enumerate(tokens) if token != best[i]), len(tokens))
+        return kept, best[kept], None
+    target = target_distributions(logits, request, context, tokens)
+    return (*verify(target, draft, tokens, request.generator), target)
+
+
 def target_distributions(logits: torch.Tensor, request, context: list[int], tokens: list[int]) -> torch.Tensor:
     """The distributions (n + 1, V) a model's logits (≥ n + 1, V) give after ``context`` and after
     each of the n drafted ``tokens``, under ``request``'s sampling parameters."""
@@ -92,10 +115,11 @@ class Speculator:
 
     def round(
         self, engine: Engine, running: list[Request], k: int
-    ) -> tuple[list[list[int]], list[torch.Tensor], torch.Tensor]:
-        """Up to ``k`` drafts per row, the distributions (n_r, V) each row's drafts came from,
-        and the target's logits (B, k + 1, V) at each row's last token and its drafts (the
-        engine's cache then holds entries for all of them: it crops them after verifying)."""
+    ) -> tuple[list[list[int]], list[torch.Tensor | None], torch.Tensor]:
+        """Up to ``k`` drafts per row, the distributions (n_r, V) each row's drafts came from
+        (None for a :func:`plain_greedy` row), and the target's logits (B, k + 1, V) at each
+        row's last token and its drafts (the engine's cache then holds entries for all of them:
+        it crops them after verifying)."""
         raise NotImplementedError
 
     def after_round(self, engine: Engine, running: list[Request], ends: torch.Tensor) -> None:
@@ -116,10 +140,16 @@ def target_logits(engine: Engine, running: list[Request], drafts: list[list[int]
     return engine.model(torch.tensor(tokens, device=engine.device), cache=view).logits
 
 
-def draft_from(logits: torch.Tensor, running: list[Request], drafts: list[list[int]]) -> list[torch.Tensor]:
-    """Each row's draft distribution for logits (B, V); the drawn tokens are appended to ``drafts``."""
+def draft_from(logits: torch.Tensor, running: list[Request], drafts: list[list[int]]) -> list[torch.Tensor | None]:
+    """Each row's draft distribution for logits (B, V) (None for a :func:`plain_greedy` row,
+    which takes the argmax); the drawn tokens are appended to ``drafts``."""
     distributions = []
-    for request, row_logits, tokens in zip(running, logits, drafts, strict=True):
+    best = logits.argmax(-1).tolist()
+    for request, row_logits, tokens, top in zip(running, logits, drafts, best, strict=True):
+        if plain_greedy(request.params):
+            tokens.append(top)
+            distributions.append(None)
+            continue
         q = next_token_distribution(row_logits, request.params, request.prompt + request.output + tokens)
         tokens.append(draw(q, request.generator))
         distributions.append(q)
@@ -147,14 +177,17 @@ def catch_up(model: Decoder, cache: KVCache, sequences: list[list[int]]) -> None
     width = max(map(len, missing))
     if width == 0:
         return
-    device = model.norm.weight.device
-    tokens = torch.tensor([m + [0] * (width - len(m)) for m in missing], device=device)
-    model(tokens, cache=cache, logits_index=torch.zeros(len(missing), 1, dtype=torch.long, device=device))
+    tokens = torch.tensor([m + [0] * (width - len(m)) for m in missing], device=model.norm.weight.device)
+    model.run_layers(model.embed_tokens(tokens), cache=cache)  # their entries only: no logits
     cache.crop(torch.tensor([start + len(m) for start, m in zip(seen, missing, strict=True)]))
 
 
-def stacked(rows: list[list[torch.Tensor]], vocab: int, device) -> list[torch.Tensor]:
-    return [torch.stack(r) if r else torch.zeros(0, vocab, device=device) for r in rows]
+def stacked(rows: list[list[torch.Tensor | None]], vocab: int, device) -> list[torch.Tensor | None]:
+    """Each row's draft distributions as one (n, V) tensor; None for a row of plain greedy drafts."""
+    return [
+        None if any(q is None for q in r) else torch.stack(r) if r else torch.zeros(0, vocab, device=device)
+        for r in rows
+    ]
 
 
 class DraftModel(Speculator):
@@ -229,16 +262,17 @@ class LayerSkip(Speculator):
         last = torch.tensor([[r.output[-1]] for r in running], device=engine.device)
         exits = []  # the exit layer's output for the last token and each draft: layer E's input
         for i in range(k + 1):
-            hidden = model.run_layers(model.embed_tokens(last), cache=view, stop=self.exit_layer).hidden
-            exits.append(hidden)
-            if i == k:
+            if i == k:  # the last draft's entries below E; its logits are the verification's
+                exits.append(model.run_layers(model.embed_tokens(last), cache=view, stop=self.exit_layer).hidden)
                 break
-            for row, q in enumerate(draft_from(model.exit_logits(hidden)[:, -1], running, drafts)):
+            hidden, logits = model.exit_after(model.embed_tokens(last), view, stop=self.exit_layer)
+            exits.append(hidden)
+            for row, q in enumerate(draft_from(logits[:, -1], running, drafts)):
                 distributions[row].append(q)
             last = torch.tensor([[d[-1]] for d in drafts], device=engine.device)
-        upper = model.run_layers(torch.cat(exits, dim=1), cache=view, start=self.exit_layer).hidden
+        _, logits = model.exit_after(torch.cat(exits, dim=1), view, start=self.exit_layer)
         vocab = model.config.vocab_size
-        return drafts, stacked(distributions, vocab, engine.device), model.exit_logits(upper)
+        return drafts, stacked(distributions, vocab, engine.device), logits
 
 
 class PromptLookup(Speculator):
@@ -262,6 +296,10 @@ class PromptLookup(Speculator):
     def round(self, engine, running, k):
         vocab = engine.model.config.vocab_size
         drafts = [self.lookup(r.prompt + r.output, k) if k else [] for r in running]
-        one_hot = [torch.nn.functional.one_hot(torch.tensor(d, dtype=torch.long), vocab).float() for d in drafts]
-        one_hot = [q.to(engine.device) for q in one_hot]
+        one_hot = [
+            None
+            if plain_greedy(r.params)
+            else torch.nn.functional.one_hot(torch.tensor(d, dtype=torch.long), vocab).float().to(engine.device)
+            for r, d in zip(running, drafts, strict=True)
+        ]
         return drafts, one_hot, target_logits(engine, running, drafts, k)

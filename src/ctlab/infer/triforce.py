@@ -1,6 +1,6 @@
 """TriForce (arXiv 2404.11912): hierarchical speculation for long contexts.
 
-Three levels, each checked by the next with the same acceptance rule (:func:`verify`):
+Three levels, each checked by the next with the same acceptance rule (:func:`accept`):
 
 1. a small draft model with a StreamingLLM cache (``sinks`` first + ``recent`` last
    positions) proposes ``draft_speculations`` tokens;
@@ -29,13 +29,12 @@ from ctlab.infer.layout import decode_layout
 from ctlab.infer.policies import StreamingCache
 from ctlab.infer.speculative import (
     Speculator,
+    accept,
     catch_up,
     draft_from,
     prefill_draft,
     stacked,
-    target_distributions,
     target_logits,
-    verify,
 )
 from ctlab.model.cache import EMPTY, KVCache, Observer
 from ctlab.model.decoder import Decoder
@@ -165,10 +164,10 @@ class TriForce(Speculator):
             logits = engine.model(torch.tensor(tokens, device=engine.device), cache=retrieval_view).logits
             kept = []
             for row, request in enumerate(running):
-                p = target_distributions(logits[row], request, sequences[row], drafts[row])
-                accepted, token = verify(p, torch.stack(proposals[row]), drafts[row], request.generator)
+                draft = stacked([proposals[row]], vocab, engine.device)[0]
+                accepted, token, p = accept(logits[row], draft, request, sequences[row], drafts[row])
                 buffers[row] += drafts[row][:accepted] + [token]
-                distributions[row] += list(p[: accepted + 1])
+                distributions[row] += [None] * (accepted + 1) if p is None else list(p[: accepted + 1])
                 kept.append(accepted)
             ends = start + 1 + torch.tensor(kept)
             retrieval_view.crop(ends)

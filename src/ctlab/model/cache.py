@@ -199,21 +199,22 @@ class KVCache:
         if self.marks is not None:
             self.marks[layer].narrow(2, first, length).fill_(-1)
 
-    def single_slots(self, layers: range) -> list[int] | None:
+    def single_slots(self, layers: range, length: int = 1) -> list[int] | None:
         """The slot of the next entry in each of ``layers`` when the cache holds one row whose KV
-        heads hold equally many entries (at least one), and every layer has room: a batch-1 decode
-        step, which may attend to the entries itself, then :meth:`append_single`. None otherwise."""
+        heads hold equally many entries (at least one), and every layer has room for ``length``
+        more: a batch-1 decode step (or a verification of ``length`` tokens), whose tokens
+        attend to every entry held and then :meth:`append_rows`. None otherwise."""
         if self.batch != 1:
             return None
         counts = self.lengths[layers.start : layers.stop, 0]  # (layers, H_kv)
         if (counts != counts[:, :1]).any() or not counts.all():
             return None
         slots = counts[:, 0].tolist()
-        if any(slot >= self.capacity(layer) for layer, slot in zip(layers, slots, strict=True)):
+        if any(slot + length > self.capacity(layer) for layer, slot in zip(layers, slots, strict=True)):
             return None
         return slots
 
-    def append_single(
+    def append_rows(
         self,
         layers: range,
         slots: list[int],
@@ -221,12 +222,12 @@ class KVCache:
         values: list[torch.Tensor],
         positions: torch.Tensor,
     ) -> None:
-        """Append one token's key and value (1, H_kv, 1, D) at ``positions`` (1, 1) to each of
-        ``layers``, at the slot :meth:`single_slots` gave (which checked the room)."""
+        """Append T tokens' keys and values (1, H_kv, T, D) at ``positions`` (1, T) to each of
+        ``layers``, from the slot :meth:`single_slots` gave (which checked the room)."""
         for layer, slot, key, value in zip(layers, slots, keys, values, strict=True):
             self._write(layer, slot, key, value, positions)
-        self.lengths[layers.start : layers.stop] += 1
-        self.end[layers.start : layers.stop] += 1
+        self.lengths[layers.start : layers.stop] += positions.shape[1]
+        self.end[layers.start : layers.stop] += positions.shape[1]
 
     # ------------------------------------------------------------------ eviction
 

@@ -1,7 +1,7 @@
 """The ctlab decoder: embeddings → layers → shared final norm → LM head.
 
 The layers, the final norm and the head are public (``layers``, ``norm``, ``lm_head``,
-``exit_logits``) so that early exit, layer dropout, cache compression and speculative decoding
+``exit_logits``, ``exit_after``) so that early exit, layer dropout, cache compression and speculative decoding
 work on the model as it is. ``run_layers`` runs any range of layers, on a
 :class:`~ctlab.model.cache.KVCache` or without one; ``forward`` makes logits only where asked,
 can skip layers per sample (``skip``: LayerSkip's layer dropout) and return every layer's
@@ -151,6 +151,15 @@ class Decoder(nn.Module):
             if hidden is not None:
                 hidden.append(x)
         return LayersOutput(x, hidden, router)
+
+    def exit_after(
+        self, x: torch.Tensor, cache: KVCache | None = None, start: int = 0, stop: int | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """x (B, T, d) through layers [start, stop) (:meth:`run_layers`) and the shared exit: the
+        last layer's output (B, T, d) and the logits (B, T, V) it gives. LayerSkip drafts with
+        [0, E) and verifies with [E, L)."""
+        hidden = self.run_layers(x, cache=cache, start=start, stop=stop).hidden
+        return hidden, self.exit_logits(hidden)
 
     def input_positions(
         self, x: torch.Tensor, position_ids: torch.Tensor | None, cache: KVCache | None, start: int
