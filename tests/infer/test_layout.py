@@ -40,10 +40,12 @@ def test_same_function_same_state_dict(form):
     assert ours.keys() == theirs.keys()
     assert all(torch.equal(ours[k], theirs[k]) for k in ours)
     other = decode_layout(tiny_model(num_kv_heads=2, qkv_bias=True), compiled, products)
-    other.load_state_dict(theirs)
+    other.load_state_dict(theirs)  # in place: a compiled program reads the loaded values
     x = torch.randint(0, VOCAB, (2, 9))
     with torch.no_grad():
         torch.testing.assert_close(other(x).logits, model(x).logits, atol=1e-5, rtol=0)
+    for got, expected in zip(cached_logits(other, [1, 3]), cached_logits(model, [1, 3]), strict=True):
+        torch.testing.assert_close(got, expected, atol=1e-5, rtol=0)
 
 
 @pytest.mark.parametrize("form", FORMS)

@@ -112,11 +112,10 @@ PROGRAM = Kernel(decode_program, dynamic=False)
 class FusedDecoder(Decoder):
     """A :class:`Decoder` whose batch-1 steps of up to :data:`PROGRAM_ROWS` tokens through dense
     layers run as :data:`PROGRAM` calls: a whole forward (every layer dense) as one, with its
-    logits; :meth:`run_layers` (LayerSkip's draft and verification) one per run of dense
-    layers; :meth:`exit_after` (LayerSkip's calls) and :meth:`exit_logits` as one each.
-    :func:`decode_layout` gives a model this class in place
-    (the same modules and parameters); ``fused`` says which of its layers the program may
-    take."""
+    logits; :meth:`run_layers` one per run of dense layers; :meth:`exit_after` (LayerSkip's
+    drafts and verifications) and :meth:`exit_logits` as one each. :func:`decode_layout` gives
+    a model this class in place (the same modules and parameters); ``fused`` says which of its
+    layers the program may take."""
 
     operands: list[tuple | None]
     fused: list[bool]
@@ -213,8 +212,9 @@ class FusedDecoder(Decoder):
     def lay_out(self) -> None:
         """Take the layers' and the head's operands (:func:`decode_program`'s plain tensors, which
         share the parameters' storage: one compiled program then serves every model of a shape),
-        and which layers the program may take. :func:`decode_layout` calls it; a module replaced
-        later is not seen until the model is laid out again."""
+        and which layers the program may take. :func:`decode_layout` calls it; a module or a
+        parameter replaced later (``load_state_dict(assign=True)``) is not seen until the model
+        is laid out again (loading values in place is)."""
         self.operands = [_layer_operands(layer) for layer in self.layers]
         self.fused = [operands is not None for operands in self.operands]
         head = operands_of(self.lm_head)
