@@ -15,9 +15,10 @@ from ctlab.infer import kernels, layout
 from ctlab.infer.engine import Engine
 from ctlab.infer.kernels import DecodeLinear
 from ctlab.infer.layout import FusedDecoder, TransposedLinear, decode_layout
+from ctlab.infer.policies import SnapKV, StreamingCache
 from ctlab.infer.quant import quantize, quantize_rows
 from ctlab.infer.sampling import SamplingParams
-from ctlab.infer.speculative import LayerSkip
+from ctlab.infer.speculative import LayerSkip, PromptLookup
 from ctlab.model.cache import KVCache
 from ctlab.model.decoder import Decoder
 
@@ -167,21 +168,33 @@ def test_the_kernel_equals_a_matrix_product_of_the_stored_weight(storage, rows):
     assert linear(x[None]).shape == (1, rows, 72)
 
 
-@pytest.mark.parametrize("speculator", [None, "layerskip"])
-def test_a_compiled_engine_decodes_what_an_uncompiled_one_does(speculator, fused_steps):
+ENGINE_OPTIONS = {
+    "plain": dict,
+    "layerskip": lambda: dict(speculator=LayerSkip(1, num_speculations=3)),
+    "lookup": lambda: dict(speculator=PromptLookup(4)),
+    "snapkv": lambda: dict(kv_policy=SnapKV(capacity=12, window=4, kernel=3)),
+    "streaming": lambda: dict(kv_policy=StreamingCache(sinks=2, recent=8)),
+}
+
+
+@pytest.mark.parametrize("options", ENGINE_OPTIONS)
+def test_a_compiled_engine_decodes_what_an_uncompiled_one_does(options, fused_steps):
+    """Plain steps, LayerSkip's drafts and verifications, prompt lookup's verifications, and
+    steps on caches a policy evicted from (entries at their true positions, fewer than the
+    tokens seen) run as compiled programs and decode what the model's own code does."""
     model = tiny_model(num_kv_heads=2, num_layers=3, qkv_bias=True)
-    prompts = [list(range(5, 25)), list(range(40, 47))]
+    prompts = [list(range(5, 25)), [40, 41, 42, 40, 41, 42, 40]]
     params = SamplingParams(max_new_tokens=12, ignore_eos=True)
 
     def outputs(compile: bool) -> list[list[int]]:
-        options = dict(speculator=LayerSkip(1, num_speculations=3)) if speculator else {}
-        engine = Engine(copy.deepcopy(model), compile=compile, **options)  # one row: the compiled step's case
+        engine = Engine(copy.deepcopy(model), compile=compile, **ENGINE_OPTIONS[options]())  # one row at a time
         return [r.output for r in engine.generate(prompts, params)]
 
     assert outputs(True) == outputs(False)
-    # the compiled engine decoded through its step: every layer of 11 steps a prompt, or
-    # LayerSkip's drafts (layer 0)
-    assert 1 in fused_steps if speculator else sum(fused_steps) == 2 * 11 * 3
+    if options in ("plain", "snapkv", "streaming"):  # every layer of 11 steps a prompt
+        assert sum(fused_steps) == 2 * 11 * 3
+    else:  # drafts below the exit (1 layer), verifications above it or through all 3
+        assert max(fused_steps) in (2, 3) and (options != "layerskip" or 1 in fused_steps)
 
 
 def test_a_model_laid_out_again_takes_the_form_asked_for():
