@@ -68,25 +68,43 @@ def cached_logits(model, steps: list[int], capacity: int = 64, batch: int = 1, r
     return out
 
 
+class Steps(list):
+    """The number of layers of each step that ran as one compiled program; ``tokens``: how many
+    tokens each step took."""
+
+    def __init__(self):
+        super().__init__()
+        self.tokens: list[int] = []
+
+    def pairs(self) -> list[tuple[int, int]]:
+        """(layers, tokens) of each step."""
+        return list(zip(self, self.tokens, strict=True))
+
+
 @pytest.fixture
-def fused_steps(monkeypatch) -> list[int]:
-    """The number of layers of each step that ran as one compiled program."""
-    calls = []
+def fused_steps(monkeypatch) -> Steps:
+    steps = Steps()
     append = KVCache.append_rows  # called after each compiled program with its layers
 
-    def counted(cache, layers, *args):
-        calls.append(len(layers))
-        return append(cache, layers, *args)
+    def counted(cache, layers, slots, keys, values, positions):
+        steps.append(len(layers))
+        steps.tokens.append(positions.shape[1])
+        return append(cache, layers, slots, keys, values, positions)
 
     monkeypatch.setattr(KVCache, "append_rows", counted)
-    return calls
+    return steps
 
 
 @pytest.mark.parametrize("products", ["transposed", "streamed"])
 @pytest.mark.parametrize(
     "shape",
-    [dict(num_kv_heads=2, qkv_bias=True), dict(ffn="moe", decoder_sparse_step=2, num_kv_heads=2), dict(quantized=True)],
-    ids=["dense", "dense-and-moe", "int8"],
+    [
+        dict(num_kv_heads=2, qkv_bias=True),
+        dict(ffn="moe", decoder_sparse_step=2, num_kv_heads=2),
+        dict(quantized=True),
+        dict(tie_embeddings=True, num_kv_heads=1),
+    ],
+    ids=["dense", "dense-and-moe", "int8", "tied-head"],
 )
 def test_programs_equal_the_models_own_steps(shape, products, fused_steps):
     quantized = shape.pop("quantized", False)
@@ -100,7 +118,7 @@ def test_programs_equal_the_models_own_steps(shape, products, fused_steps):
     steps = [1, 1, 3, 1, 5]
     for ours, theirs in zip(cached_logits(laid, steps), cached_logits(model, steps), strict=True):
         torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=0)
-    assert fused_steps == [laid.fused.count(True)] * len(steps)
+    assert fused_steps == [laid.fused.count(True)] * len(steps) and fused_steps.tokens == steps
 
 
 @pytest.mark.parametrize("products", ["transposed", "streamed"])
@@ -123,12 +141,29 @@ def test_programs_on_a_row_of_the_engines_cache_equal_the_models_own_steps(
     assert fused_steps == [4, 4, 4]  # every layer and the head in one program a step
 
 
-def test_layer_ranges_and_exits_as_programs_equal_the_models_own(fused_steps):
+class Counted:
+    """A compiled program that records how many layers each call took."""
+
+    def __init__(self, program: kernels.Kernel):
+        self.program, self.layers = program, []
+
+    @property
+    def available(self) -> bool:
+        return self.program.available
+
+    def __call__(self, *args):
+        self.layers.append(len(args[2]))
+        return self.program(*args)
+
+
+def test_layer_ranges_and_exits_as_programs_equal_the_models_own(monkeypatch, fused_steps):
     """LayerSkip's calls: drafts through layers [0, E) and the shared exit, the last draft's
     entries below E, a verification of several tokens through [E, L) and the exit on the same
     cache; and an exit on its own."""
     model = tiny_model(num_kv_heads=2, num_layers=3)
     laid = decode_layout(copy.deepcopy(model), compiled=True, products="transposed")
+    program = Counted(layout.PROGRAM)
+    monkeypatch.setattr(layout, "PROGRAM", program)
     outputs = []
     for decoder in (laid, model):
         torch.manual_seed(2)
@@ -148,7 +183,9 @@ def test_layer_ranges_and_exits_as_programs_equal_the_models_own(fused_steps):
         outputs.append(found)
     for ours, theirs in zip(*outputs, strict=True):
         torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=0)
-    assert fused_steps == [1, 1, 1, 2]
+    assert fused_steps == [1, 1, 1, 2] and fused_steps.tokens == [1, 1, 1, 3]
+    # the prefill's last logits and the exit on its own: programs of no layer
+    assert program.layers == [0, 1, 1, 1, 2, 0]
 
 
 @pytest.mark.parametrize("storage", ["bf16", "int8", "fp8"])
@@ -193,8 +230,20 @@ def test_a_compiled_engine_decodes_what_an_uncompiled_one_does(options, fused_st
     assert outputs(True) == outputs(False)
     if options in ("plain", "snapkv", "streaming"):  # every layer of 11 steps a prompt
         assert sum(fused_steps) == 2 * 11 * 3
-    else:  # drafts below the exit (1 layer), verifications above it or through all 3
-        assert max(fused_steps) in (2, 3) and (options != "layerskip" or 1 in fused_steps)
+    elif options == "layerskip":  # drafts below the exit (1 layer), verifications of 4 tokens above it
+        assert (1, 1) in fused_steps.pairs() and (2, 4) in fused_steps.pairs()
+    else:  # verifications of the last token and 4 looked-up ones through all 3 layers
+        assert (3, 5) in fused_steps.pairs()
+
+
+@pytest.mark.parametrize("products", ["transposed", "streamed"])
+def test_a_laid_out_model_cast_to_bf16_runs_its_programs_on_the_cast_weights(products, fused_steps):
+    model = tiny_model(num_kv_heads=2)
+    laid = decode_layout(copy.deepcopy(model), compiled=True, products=products).to(torch.bfloat16)
+    own = cached_logits(model.to(torch.bfloat16), [1, 3])
+    for ours, theirs in zip(cached_logits(laid, [1, 3]), own, strict=True):
+        torch.testing.assert_close(ours, theirs, atol=0.05, rtol=0)
+    assert fused_steps == [2, 2]
 
 
 def test_a_model_laid_out_again_takes_the_form_asked_for():

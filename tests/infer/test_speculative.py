@@ -12,7 +12,7 @@ from ctlab.errors import UserError
 from ctlab.infer.engine import Engine
 from ctlab.infer.policies import SnapKV, StreamingCache
 from ctlab.infer.sampling import SamplingParams
-from ctlab.infer.speculative import DraftModel, LayerSkip, PromptLookup, accept, verify
+from ctlab.infer.speculative import DraftModel, LayerSkip, PromptLookup, accept, target_distributions, verify
 from ctlab.infer.triforce import TriForce
 from ctlab.model.decoder import Decoder
 
@@ -132,19 +132,24 @@ def test_greedy_verification_needs_no_randomness():
     assert verify(p, one_hot[[2, 1]], [2, 1], None) == (2, 3)
 
 
-def test_plain_greedy_acceptance_is_verify_on_one_hot_distributions():
+def test_plain_greedy_acceptance_is_verify_on_the_greedy_distributions():
     """The argmax comparison a plain greedy request takes keeps and adds what the rule does with
-    one-hot target and draft distributions, ties included (the first maximum is the argmax)."""
+    the distributions greedy sampling gives (ties included: small integer logits); a request
+    with a repetition penalty takes the distributions themselves."""
     generator = torch.Generator().manual_seed(3)
-    request = SimpleNamespace(params=SamplingParams(), generator=generator)
+    plain = SimpleNamespace(params=SamplingParams(), generator=generator)
+    penalised = SimpleNamespace(params=SamplingParams(repetition_penalty=1.3), generator=generator)
+    context = [1, 2, 2]
     for trial in range(200):
-        logits = torch.randint(0, 4, (5, 6), generator=generator).float()  # small integers: many ties
+        logits = torch.randint(0, 4, (5, 6), generator=generator).float()
         best = logits.argmax(-1)
         tokens = [int(best[i]) if torch.rand((), generator=generator) < 0.7 else trial % 6 for i in range(4)]
-        one_hot = torch.nn.functional.one_hot(best, 6).float()
         drafts = torch.nn.functional.one_hot(torch.tensor(tokens), 6).float()
-        kept, token, distributions = accept(logits, None, request, [], tokens)
-        assert (kept, token) == verify(one_hot, drafts, tokens, None) and distributions is None
+        for request in (plain, penalised):
+            target = target_distributions(logits, request, context, tokens)
+            kept, token, distributions = accept(logits, None if request is plain else drafts, request, context, tokens)
+            assert (kept, token) == verify(target, drafts, tokens, None)
+            assert distributions is None if request is plain else torch.equal(distributions, target)
 
 
 @pytest.mark.parametrize("strategy", ["draft", "triforce"])

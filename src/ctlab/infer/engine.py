@@ -53,8 +53,8 @@ class Engine:
         """``context``: the longest request (prompt + output) a row holds, at most the model's
         (default); ``max_waiting``: requests that may queue beyond the running ones before
         :meth:`add` refuses (None: no bound). The model is laid out for decoding in place
-        (:mod:`ctlab.infer.layout`: the same function and state dict), with compiled decode
-        kernels when ``compile`` (on CPU: faster batch-1 steps, after a compilation at the first)."""
+        (:mod:`ctlab.infer.layout`: the same function and state dict), with compiled decoding
+        when ``compile`` (on CPU: batch-1 steps as compiled programs, each built at its first use)."""
         self.compile = compile
         self.model = decode_layout(model.eval(), compile)
         config = model.config

@@ -163,12 +163,13 @@ class FusedDecoder(Decoder):
 
     def _programs(self, shape: torch.Size, cache: KVCache | None) -> bool:
         """Whether a call on tokens of ``shape`` (B, T[, d]) may run as :data:`PROGRAM` calls: up to
-        :data:`PROGRAM_ROWS` tokens of one row on a cache no observer watches."""
+        :data:`PROGRAM_ROWS` tokens of one row on a CPU cache no observer watches."""
         return (
             cache is not None
             and shape[0] == 1
             and shape[1] <= PROGRAM_ROWS
             and cache.observer is None
+            and cache.keys[0].device.type == "cpu"  # written and measured for CPU only
             and PROGRAM.available
         )
 
@@ -206,15 +207,21 @@ class FusedDecoder(Decoder):
         cache.append_rows(layers, slots, keys, values, position_ids)
         return hidden, logits
 
+    def _apply(self, fn, *args, **kwargs):
+        super()._apply(fn, *args, **kwargs)
+        self.lay_out()
+        return self
+
     def _shape(self) -> tuple[int, int, int]:
         return self.config.num_heads, self.config.num_kv_heads, self.config.head_dim
 
     def lay_out(self) -> None:
         """Take the layers' and the head's operands (:func:`decode_program`'s plain tensors, which
         share the parameters' storage: one compiled program then serves every model of a shape),
-        and which layers the program may take. :func:`decode_layout` calls it; a module or a
-        parameter replaced later (``load_state_dict(assign=True)``) is not seen until the model
-        is laid out again (loading values in place is)."""
+        and which layers the program may take. :func:`decode_layout` calls it, and so does every
+        ``.to()``, ``.half()`` or ``.float()`` (they give the parameters new storage); a module
+        or a parameter replaced later (``quantize``, ``load_state_dict(assign=True)``) is not
+        seen until the model is laid out again (values loaded in place are)."""
         self.operands = [_layer_operands(layer) for layer in self.layers]
         self.fused = [operands is not None for operands in self.operands]
         head = operands_of(self.lm_head)
@@ -288,7 +295,7 @@ def decode_layout(model: Decoder, compiled: bool = False, products: str | None =
     out before takes the form asked for now. A tied head stays tied; quantised weights (ctlab's
     and torchao's) and layers of other classes stay as they are. Returns the model."""
     compiled = compiled and model.norm.weight.device.type == "cpu"
-    if compiled and products is None:
+    if compiled and products is None and any(_float_linear(m) for m in model.modules()):
         head = model.lm_head
         products = faster_product(head.out_features, head.in_features, model.norm.weight.dtype)
     transposed = not compiled or products == "transposed"

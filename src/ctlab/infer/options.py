@@ -30,7 +30,7 @@ def add_engine_arguments(parser: argparse.ArgumentParser, compile: bool = False)
         action=argparse.BooleanOptionalAction,
         default=compile,
         help=f"compiled decoding on CPU: faster batch-1 steps after a compilation at the start "
-        f"(about 5-8 s; 20-30 s the first time on a machine) (default: {'on' if compile else 'off'})",
+        f"(about 4-8 s; 20-30 s the first time on a machine) (default: {'on' if compile else 'off'})",
     )
     engine.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default: cuda when present)")
     engine.add_argument("--dtype", choices=DTYPES, help="weights and cache (default: float32 on CPU, bfloat16 on GPU)")
@@ -117,7 +117,7 @@ def build_engine(args: argparse.Namespace, max_batch: int = 1, max_waiting: int 
     context = args.context or model.config.max_position_embeddings
     if args.compile and device.type == "cpu":
         print(
-            "ctlab: decoding compiles at the start (about 5-8 s; 20-30 s the first time on a machine; "
+            "ctlab: decoding compiles at the start (about 4-8 s; 20-30 s the first time on a machine; "
             "--no-compile skips it)",
             file=sys.stderr,
         )
