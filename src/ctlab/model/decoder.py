@@ -1,8 +1,8 @@
 """The ctlab decoder: embeddings → layers → shared final norm → LM head.
 
 The layers, the final norm and the head are public (``layers``, ``norm``, ``lm_head``,
-``exit_logits``, ``exit_after``) so that early exit, layer dropout, cache compression and speculative decoding
-work on the model as it is. ``run_layers`` runs any range of layers, on a
+``exit_logits``, ``exit_after``) so that early exit, layer dropout, cache compression and
+speculative decoding work on the model as it is. ``run_layers`` runs any range of layers, on a
 :class:`~ctlab.model.cache.KVCache` or without one; ``forward`` makes logits only where asked,
 can skip layers per sample (``skip``: LayerSkip's layer dropout) and return every layer's
 output (``output_hidden_states``: early-exit losses).
