@@ -125,7 +125,7 @@ class FusedDecoder(Decoder):
         self, input_ids, position_ids=None, cache=None, skip=None, output_hidden_states=False, logits_index=None
     ):
         plain = position_ids is None and skip is None and not output_hidden_states and logits_index is None
-        if plain and all(self.fused) and self.exit_operands is not None and self._programs(input_ids.shape, cache):
+        if plain and self._exits(input_ids.shape, cache, 0, len(self.layers)):
             x = self.embed_tokens(input_ids)
             out = self._program(x, self.input_positions(x, None, cache, 0), cache, range(len(self.layers)), True)
             if out is not None:
@@ -148,11 +148,15 @@ class FusedDecoder(Decoder):
 
     def exit_after(self, x, cache=None, start=0, stop=None):
         stop = len(self.layers) if stop is None else stop
-        if self._programs(x.shape, cache) and all(self.fused[start:stop]) and self.exit_operands is not None:
+        if self._exits(x.shape, cache, start, stop):
             out = self._program(x, self.input_positions(x, None, cache, start), cache, range(start, stop), True)
             if out is not None:
                 return out
         return super().exit_after(x, cache, start, stop)
+
+    def _exits(self, shape: torch.Size, cache: KVCache | None, start: int, stop: int) -> bool:
+        """Whether layers [start, stop) and the exit may be one :data:`PROGRAM` call."""
+        return self._programs(shape, cache) and all(self.fused[start:stop]) and self.exit_operands is not None
 
     def exit_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         if hidden.shape[0] == 1 and hidden.shape[1] <= PROGRAM_ROWS and self.exit_operands is not None:
